@@ -1,0 +1,78 @@
+"""``python -m server`` starts the server; ``python -m server token …`` prints a test token."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import timedelta
+
+from aiohttp import web
+
+from .app import create_app, describe_mode
+from .config import ConfigError, Settings
+from .domain.models import Role
+from .transport.auth import Authenticator
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the server (the default)")
+    token = commands.add_parser("token", help="print a signed JWT (needs JWT_SECRET)")
+    token.add_argument("--sub", required=True, help="user id")
+    token.add_argument("--tenant", default="default")
+    token.add_argument("--role", default=Role.USER.value, choices=[r.value for r in Role])
+    token.add_argument("--name")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "token":
+        return _print_token(settings, args)
+    return _serve(settings)
+
+
+def _serve(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    log = logging.getLogger("server")
+    for level, line in describe_mode(settings):
+        log.log(level, line)
+    app = create_app(settings)
+    log.info("listening on http://%s:%s (Socket.IO namespace /chat)", settings.host, settings.port)
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None)
+    return 0
+
+
+def _print_token(settings: Settings, args: argparse.Namespace) -> int:
+    authenticator = Authenticator(
+        secret=settings.jwt_secret,
+        algorithms=settings.jwt_algorithms,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    try:
+        print(
+            authenticator.issue(
+                args.sub,
+                tenant=args.tenant,
+                role=Role(args.role),
+                name=args.name,
+                ttl=timedelta(seconds=args.ttl),
+            )
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""A chain of assistants: on a failure before the first token, the next one is tried."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from ..domain.ports import Assistant, Delta, ReplyRequest
+from ..errors import AssistantUnavailable, ReplyInterrupted
+
+
+class FallbackAssistant:
+    def __init__(self, chain: Sequence[Assistant]) -> None:
+        if not chain:
+            raise ValueError("the fallback chain needs at least one assistant")
+        self._chain = list(chain)
+
+    async def stream(self, request: ReplyRequest) -> AsyncIterator[Delta]:
+        last_error: AssistantUnavailable | None = None
+        for assistant in self._chain:
+            try:
+                async for delta in assistant.stream(request):
+                    yield delta
+                return
+            except ReplyInterrupted:
+                raise  # text already reached the room: restarting on another model would repeat it
+            except AssistantUnavailable as exc:
+                last_error = exc
+        raise AssistantUnavailable(
+            "No model of the fallback chain could answer"
+            + (f" (last: {last_error.message})" if last_error else "")
+        )
+
+    async def close(self) -> None:
+        for assistant in self._chain:
+            await assistant.close()

@@ -1,0 +1,40 @@
+"""The assistant used when no LLM key is configured: a short, clearly labelled reply streamed
+word by word, so the whole flow (thinking, chunks, stored message) is visible without a key."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from ..domain.models import Author
+from ..domain.ports import Delta, ReplyRequest
+
+MODEL_NAME = "offline"
+QUOTE_LIMIT = 120
+
+
+class OfflineAssistant:
+    def __init__(self, word_delay_seconds: float = 0.04) -> None:
+        self._delay = word_delay_seconds
+
+    async def stream(self, request: ReplyRequest) -> AsyncIterator[Delta]:
+        for word in re.findall(r"\S+\s*", compose_reply(request)):
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            yield Delta(text=word, model=MODEL_NAME)
+
+    async def close(self) -> None:
+        return None
+
+
+def compose_reply(request: ReplyRequest) -> str:
+    last = next((t.content for t in reversed(request.turns) if t.author is Author.USER), "")
+    quoted = " ".join(last.split())
+    if len(quoted) > QUOTE_LIMIT:
+        quoted = quoted[: QUOTE_LIMIT - 1] + "…"
+    return (
+        f'[Offline assistant] I received your message: "{quoted}". '
+        "This server has no language model configured, so this is an automatic reply. "
+        "Set OPENAI_API_KEY to get real answers."
+    )

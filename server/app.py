@@ -1,0 +1,204 @@
+"""The one place that picks concrete adapters and wires them together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import socketio
+from aiohttp import web
+
+from .ai.fallback import FallbackAssistant
+from .ai.offline import OfflineAssistant
+from .ai.openai_provider import OpenAIModel, make_client
+from .config import Settings
+from .coordination.memory import MemoryCoordination
+from .domain.consultations import ConsultationService, Limits
+from .domain.ports import Assistant, Coordination, Store
+from .domain.replies import ReplyService, ReplySettings
+from .errors import AppError
+from .storage.memory import MemoryStore
+from .transport.auth import Authenticator
+from .transport.chat_namespace import NAMESPACE, ChatNamespace
+from .transport.notifier import SocketIONotifier
+from .transport.rest import Routes, cors_middleware
+
+log = logging.getLogger("server")
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Components:
+    settings: Settings
+    store: Store
+    assistant: Assistant
+    coordination: Coordination
+    sio: socketio.AsyncServer
+    namespace: ChatNamespace
+    replies: ReplyService
+    service: ConsultationService
+
+
+COMPONENTS = web.AppKey("components", Components)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    assistant: Assistant | None = None,
+    coordination: Coordination | None = None,
+) -> web.Application:
+    store = store or _store(settings)
+    assistant = assistant or _assistant(settings)
+    coordination = coordination or MemoryCoordination()
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        cors_allowed_origins=settings.allowed_origins,
+        # Events of one socket run in the order they were sent (a send emitted right after a
+        # join must find the join done); AI replies run as their own tasks, so nothing slow
+        # holds a socket.
+        async_handlers=False,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        max_http_buffer_size=settings.max_http_buffer_size,
+        logger=False,
+        engineio_logger=False,
+    )
+    notifier = SocketIONotifier(sio, NAMESPACE)
+    replies = ReplyService(
+        store,
+        assistant,
+        notifier,
+        coordination,
+        ReplySettings(
+            system_prompt=settings.ai_system_prompt,
+            context_messages=settings.ai_context_messages,
+            lock_ttl_seconds=settings.ai_lock_ttl_seconds,
+        ),
+    )
+    service = ConsultationService(
+        store,
+        replies,
+        notifier,
+        Limits(
+            max_message_chars=settings.max_message_chars,
+            history_page_size=settings.history_page_size,
+        ),
+    )
+    authenticator = Authenticator(
+        secret=settings.jwt_secret,
+        algorithms=settings.jwt_algorithms,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    namespace = ChatNamespace(service, authenticator)
+    sio.register_namespace(namespace)
+
+    async def readiness() -> dict[str, str]:
+        try:
+            await store.ping()
+        except AppError as exc:
+            return {"storage": exc.message}
+        return {"storage": "ok"}
+
+    app = web.Application(middlewares=[cors_middleware(settings.allowed_origins)])
+    components = Components(
+        settings, store, assistant, coordination, sio, namespace, replies, service
+    )
+    app[COMPONENTS] = components
+    sio.attach(app)
+    Routes(service, authenticator, readiness, settings.socketio_client_url).install(app)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    parts = app[COMPONENTS]
+    await parts.store.start()
+    yield
+    await parts.replies.wait_idle(SHUTDOWN_GRACE_SECONDS)
+    await parts.assistant.close()
+    await parts.coordination.close()
+    await parts.store.close()
+
+
+def describe_mode(settings: Settings) -> list[tuple[int, str]]:
+    """What the server runs on, for the start-up log: embedded defaults are said loudly."""
+    lines: list[tuple[int, str]] = []
+    if settings.mongodb_url:
+        lines.append((logging.INFO, f"storage: MongoDB, database {settings.mongodb_db!r}"))
+    else:
+        lines.append(
+            (
+                logging.WARNING,
+                "storage: IN-MEMORY (MONGODB_URL not set): history is lost on restart",
+            )
+        )
+    if settings.redis_url:
+        lines.append((logging.INFO, "fan-out: Redis"))
+    else:
+        lines.append((logging.WARNING, "fan-out: SINGLE INSTANCE (REDIS_URL not set)"))
+    if settings.openai_api_key:
+        chain = ", ".join(settings.ai_models)
+        where = settings.openai_base_url or "the OpenAI API"
+        lines.append((logging.INFO, f"assistant: {where}, models {chain}"))
+    else:
+        lines.append(
+            (logging.WARNING, "assistant: OFFLINE (OPENAI_API_KEY not set): canned replies")
+        )
+    if settings.dev_auth:
+        lines.append(
+            (
+                logging.WARNING,
+                "auth: DEV AUTH (JWT_SECRET not set): anyone may connect as a guest. "
+                "Never run this in production.",
+            )
+        )
+    else:
+        lines.append((logging.INFO, f"auth: JWT ({', '.join(settings.jwt_algorithms)})"))
+    return lines
+
+
+def _store(settings: Settings) -> Store:
+    if settings.mongodb_url:
+        from .storage.mongo import MongoStore
+
+        return MongoStore(
+            settings.mongodb_url,
+            settings.mongodb_db,
+            timeout_seconds=settings.mongodb_timeout_seconds,
+        )
+    return MemoryStore()
+
+
+def _assistant(settings: Settings) -> Assistant:
+    if not settings.openai_api_key:
+        return OfflineAssistant(settings.offline_word_delay_seconds)
+    client = make_client(
+        settings.openai_api_key, settings.openai_base_url, settings.ai_timeout_seconds
+    )
+    chain = [
+        OpenAIModel(
+            client, model, first_token_timeout_seconds=settings.ai_first_token_timeout_seconds
+        )
+        for model in settings.ai_models
+    ]
+    return _ClosingAssistant(FallbackAssistant(chain), client.close)
+
+
+class _ClosingAssistant:
+    """Closes the shared HTTP client once the chain is closed."""
+
+    def __init__(self, inner: FallbackAssistant, close_client: object) -> None:
+        self._inner = inner
+        self._close_client = close_client
+        self.stream = inner.stream
+
+    async def close(self) -> None:
+        await self._inner.close()
+        close = self._close_client
+        if callable(close):
+            await close()

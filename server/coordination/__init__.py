@@ -1,0 +1,1 @@
+"""Coordination implementations: ``memory`` (one instance) and ``redis`` (a cluster)."""

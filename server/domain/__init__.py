@@ -1,0 +1,1 @@
+"""Consultations, messages and reply rules. No transport, driver or SDK imports here."""

@@ -1,0 +1,145 @@
+"""Joining, sending and reading consultations, with their access rules."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..errors import Forbidden, InvalidPayload, NotFound, NotJoined
+from .models import (
+    Author,
+    Consultation,
+    ConsultationKey,
+    Identity,
+    Message,
+    NewMessage,
+    new_id,
+    utcnow,
+)
+from .ports import Notifier, Store
+from .replies import ReplyService
+
+EnterRoom = Callable[[ConsultationKey], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_chars: int = 8000
+    history_page_size: int = 50
+    max_history_page_size: int = 500
+
+
+@dataclass(frozen=True)
+class Joined:
+    consultation: Consultation
+    messages: list[Message]
+
+
+def can_access(identity: Identity, consultation: Consultation) -> bool:
+    """Tenancy is already enforced by the key; within a tenant, users see only their own."""
+    return identity.is_staff or consultation.owner_id == identity.user_id
+
+
+class ConsultationService:
+    def __init__(
+        self, store: Store, replies: ReplyService, notifier: Notifier, limits: Limits
+    ) -> None:
+        self._store = store
+        self._replies = replies
+        self._notifier = notifier
+        self.limits = limits
+
+    async def join(
+        self, identity: Identity, consultation_id: str, last_seq: int | None, enter: EnterRoom
+    ) -> Joined:
+        key = ConsultationKey(identity.tenant_id, consultation_id)
+        consultation = await self._store.get_or_create(key, identity.user_id)
+        if not can_access(identity, consultation):
+            raise Forbidden()
+        # Enter the room before reading history: a message stored in between is then seen
+        # live (clients de-duplicate by seq) instead of being missed.
+        await enter(key)
+        if last_seq is None:
+            messages = await self._store.recent(key, self.limits.history_page_size)
+        else:
+            messages = await self._store.after(key, last_seq, self.limits.max_history_page_size)
+        return Joined(consultation, messages)
+
+    async def history(
+        self, identity: Identity, consultation_id: str, after_seq: int | None, limit: int | None
+    ) -> list[Message]:
+        key = ConsultationKey(identity.tenant_id, consultation_id)
+        consultation = await self._store.get(key)
+        if consultation is None:
+            raise NotFound("No such consultation")
+        if not can_access(identity, consultation):
+            raise Forbidden()
+        page = min(limit or self.limits.history_page_size, self.limits.max_history_page_size)
+        if after_seq is None:
+            return await self._store.recent(key, page)
+        return await self._store.after(key, after_seq, page)
+
+    async def send(
+        self,
+        identity: Identity,
+        consultation: Consultation,
+        content: str,
+        client_message_id: str | None,
+        origin: str | None,
+    ) -> Message:
+        self._check_content(content)
+        message = await self._store.append(
+            NewMessage(
+                id=new_id(),
+                key=consultation.key,
+                author=Author.USER,
+                user_id=identity.user_id,
+                content=content,
+                created_at=utcnow(),
+                client_message_id=client_message_id,
+            )
+        )
+        # Stored first, broadcast second: a message that failed to store is never broadcast.
+        await self._notifier.to_room(
+            consultation.key, "userMessage", message.to_wire(), skip=origin
+        )
+        self._replies.request(consultation.key)
+        return message
+
+    def _check_content(self, content: str) -> None:
+        if not content.strip():
+            raise InvalidPayload("content must not be empty", field="content")
+        if len(content) > self.limits.max_message_chars:
+            raise InvalidPayload(
+                f"content is longer than {self.limits.max_message_chars} characters",
+                field="content",
+            )
+
+
+@dataclass
+class ChatSession:
+    """One connection's view: who it is and which consultations it has joined."""
+
+    identity: Identity
+    service: ConsultationService
+    origin: str
+    joined: dict[str, Consultation] = field(default_factory=dict)
+
+    async def join(self, consultation_id: str, last_seq: int | None, enter: EnterRoom) -> Joined:
+        result = await self.service.join(self.identity, consultation_id, last_seq, enter)
+        self.joined[consultation_id] = result.consultation
+        return result
+
+    def leave(self, consultation_id: str) -> ConsultationKey | None:
+        consultation = self.joined.pop(consultation_id, None)
+        return consultation.key if consultation else None
+
+    async def send(
+        self, consultation_id: str, content: str, client_message_id: str | None
+    ) -> Message:
+        consultation = self.joined.get(consultation_id)
+        if consultation is None:
+            raise NotJoined()
+        return await self.service.send(
+            self.identity, consultation, content, client_message_id, self.origin
+        )

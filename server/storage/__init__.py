@@ -1,0 +1,1 @@
+"""Store implementations: ``memory`` (default, single process) and ``mongo`` (production)."""

@@ -1,0 +1,1 @@
+"""Socket.IO and HTTP edges: parse, call a domain service, serialize. Nothing more."""

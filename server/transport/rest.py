@@ -1,0 +1,122 @@
+"""HTTP routes: history API, health probes, the demo page; CORS for browser callers."""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from ..domain.consultations import ConsultationService
+from ..errors import AppError, InvalidPayload
+from .auth import Authenticator, bearer_token
+
+log = logging.getLogger(__name__)
+
+HTTP_STATUS = {
+    "invalid_payload": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "storage_unavailable": 503,
+}
+
+Readiness = Callable[[], Awaitable[dict[str, str]]]
+
+
+def error_response(error: AppError) -> web.Response:
+    return web.json_response(
+        {"ok": False, "error": error.to_wire()}, status=HTTP_STATUS.get(error.code, 500)
+    )
+
+
+class Routes:
+    def __init__(
+        self,
+        service: ConsultationService,
+        authenticator: Authenticator,
+        readiness: Readiness,
+        socketio_client_url: str,
+    ) -> None:
+        self._service = service
+        self._auth = authenticator
+        self._readiness = readiness
+        page = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
+        self._page = page.replace("{{SOCKETIO_CLIENT_URL}}", html.escape(socketio_client_url))
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/", self.index)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/api/consultations/{consultation_id}/messages", self.messages)
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._page, content_type="text/html")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks = await self._readiness()
+        ready = all(state == "ok" for state in checks.values())
+        return web.json_response(
+            {"status": "ready" if ready else "unavailable", "checks": checks},
+            status=200 if ready else 503,
+        )
+
+    async def messages(self, request: web.Request) -> web.Response:
+        try:
+            token = bearer_token(request.headers.get("Authorization"))
+            identity = self._auth.identify(token)
+            after_seq = _int_param(request, "afterSeq", minimum=0)
+            limit = _int_param(request, "limit", minimum=1)
+            messages = await self._service.history(
+                identity, request.match_info["consultation_id"], after_seq, limit
+            )
+        except AppError as exc:
+            return error_response(exc)
+        return web.json_response({"ok": True, "messages": [m.to_wire() for m in messages]})
+
+
+def _int_param(request: web.Request, name: str, *, minimum: int) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidPayload(f"{name} must be an integer") from None
+    if value < minimum:
+        raise InvalidPayload(f"{name} must be >= {minimum}")
+    return value
+
+
+def cors_middleware(origins: Sequence[str] | str | None) -> Any:
+    """CORS for the REST routes, with the same origins as Socket.IO (which handles its own)."""
+
+    def allowed(origin: str) -> bool:
+        return origins == "*" or (isinstance(origins, list) and origin in origins)
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        is_api = request.path.startswith("/api/")
+        if not (origin and is_api and allowed(origin)):
+            return await handler(request)
+        if request.method == "OPTIONS":
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+        return response
+
+    return middleware

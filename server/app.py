@@ -112,6 +112,7 @@ def create_app(
     sio.attach(app)
     Routes(service, authenticator, readiness, settings.socketio_client_url).install(app)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_drain)
     return app
 
 
@@ -119,10 +120,22 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     parts = app[COMPONENTS]
     await parts.store.start()
     yield
-    await parts.replies.wait_idle(SHUTDOWN_GRACE_SECONDS)
     await parts.assistant.close()
     await parts.coordination.close()
     await parts.store.close()
+
+
+async def _drain(app: web.Application) -> None:
+    """On shutdown, let replies in flight finish and reach the room (they are stored at the
+    end), then disconnect every client so it reconnects elsewhere; open WebSockets would
+    otherwise hold the shutdown for aiohttp's whole handler timeout."""
+    parts = app[COMPONENTS]
+    await parts.replies.wait_idle(SHUTDOWN_GRACE_SECONDS)
+    # Close at the Engine.IO level: socket.io-client reconnects after a transport close, but
+    # not after a Socket.IO "server disconnect". (eio.disconnect() fails on zero sockets.)
+    if parts.sio.eio.sockets:
+        await parts.sio.eio.disconnect()
+    await parts.sio.shutdown()
 
 
 def describe_mode(settings: Settings) -> list[tuple[int, str]]:

@@ -1,0 +1,131 @@
+"""The Store contract: the memory and mongo stores must behave the same."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from server.domain.models import (
+    Author,
+    ConsultationKey,
+    MessageStatus,
+    NewMessage,
+    new_id,
+    utcnow,
+)
+from server.domain.ports import Store
+from server.storage.memory import MemoryStore
+from server.storage.mongo import MongoStore
+from tests.conftest import MongoServer
+
+KEY = ConsultationKey("tenant-a", "c-1")
+
+
+@pytest.fixture(params=["memory", "mongo"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    impl: Store
+    if request.param == "memory":
+        impl = MemoryStore()
+    else:
+        server: MongoServer = request.getfixturevalue("mongo_server")
+        impl = MongoStore(server.url, f"test_{uuid.uuid4().hex[:12]}", timeout_seconds=5)
+    await impl.start()
+    yield impl
+    await impl.close()
+
+
+def draft(key: ConsultationKey = KEY, content: str = "hello", **fields: object) -> NewMessage:
+    values: dict[str, object] = {
+        "id": new_id(),
+        "key": key,
+        "author": Author.USER,
+        "user_id": "u1",
+        "content": content,
+        "created_at": utcnow(),
+    }
+    values.update(fields)
+    return NewMessage(**values)  # type: ignore[arg-type]
+
+
+async def test_get_or_create_creates_once_and_keeps_the_first_owner(store: Store) -> None:
+    first = await store.get_or_create(KEY, "owner")
+    second = await store.get_or_create(KEY, "someone-else")
+    assert first == second
+    assert second.owner_id == "owner"
+    assert await store.get(KEY) == first
+
+
+async def test_get_of_a_missing_consultation_is_none(store: Store) -> None:
+    assert await store.get(ConsultationKey("tenant-a", "missing")) is None
+
+
+async def test_same_id_in_two_tenants_is_two_consultations(store: Store) -> None:
+    a = await store.get_or_create(ConsultationKey("tenant-a", "shared"), "alice")
+    b = await store.get_or_create(ConsultationKey("tenant-b", "shared"), "bob")
+    assert (a.owner_id, b.owner_id) == ("alice", "bob")
+    await store.append(draft(a.key, "for tenant a"))
+    assert await store.recent(b.key, 10) == []
+    assert await store.after(b.key, 0, 10) == []
+
+
+async def test_concurrent_get_or_create_agrees_on_one_owner(store: Store) -> None:
+    key = ConsultationKey("tenant-a", "race")
+    results = await asyncio.gather(*(store.get_or_create(key, f"u{i}") for i in range(10)))
+    assert len({r.owner_id for r in results}) == 1
+
+
+async def test_append_allocates_consecutive_seqs_per_consultation(store: Store) -> None:
+    other = ConsultationKey("tenant-a", "c-2")
+    seqs = [(await store.append(draft())).seq for _ in range(3)]
+    assert seqs == [1, 2, 3]
+    assert (await store.append(draft(other))).seq == 1
+
+
+async def test_message_round_trips_every_field(store: Store) -> None:
+    sent = draft(
+        author=Author.ASSISTANT,
+        user_id=None,
+        content="partial ünïcödé 🙂",
+        status=MessageStatus.INCOMPLETE,
+        model="m-1",
+        client_message_id="cm-1",
+    )
+    stored = await store.append(sent)
+    [read] = await store.recent(KEY, 10)
+    assert read == stored
+    assert read.status is MessageStatus.INCOMPLETE
+    assert read.model == "m-1"
+    assert read.created_at == sent.created_at
+
+
+async def test_concurrent_appends_are_gap_free_and_unique(store: Store) -> None:
+    stored = await asyncio.gather(*(store.append(draft(content=f"m{i}")) for i in range(40)))
+    assert sorted(m.seq for m in stored) == list(range(1, 41))
+    read = await store.after(KEY, 0, 100)
+    assert [m.seq for m in read] == list(range(1, 41))
+    assert {m.id for m in read} == {m.id for m in stored}
+
+
+async def test_recent_returns_the_last_messages_oldest_first(store: Store) -> None:
+    for i in range(6):
+        await store.append(draft(content=f"m{i}"))
+    recent = await store.recent(KEY, 3)
+    assert [m.content for m in recent] == ["m3", "m4", "m5"]
+    assert [m.seq for m in recent] == [4, 5, 6]
+    assert len(await store.recent(KEY, 50)) == 6
+
+
+async def test_after_returns_messages_past_a_seq_with_a_limit(store: Store) -> None:
+    for i in range(6):
+        await store.append(draft(content=f"m{i}"))
+    assert [m.seq for m in await store.after(KEY, 4, 50)] == [5, 6]
+    assert [m.seq for m in await store.after(KEY, 0, 2)] == [1, 2]
+    assert await store.after(KEY, 6, 50) == []
+    assert [m.seq for m in await store.after(KEY, 2, 2)] == [3, 4]
+
+
+async def test_ping_succeeds_when_the_store_is_up(store: Store) -> None:
+    await store.ping()

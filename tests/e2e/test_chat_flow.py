@@ -1,0 +1,235 @@
+"""The full /chat flow against a real server, a real client and the fake LLM API."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import StartServer
+from tests.fakes.openai_server import FakeOpenAI, reply_for
+from tests.helpers import ChatClient, chunks_by_message
+
+Connect = Any
+
+
+def expected_reply(fake: FakeOpenAI, model: str) -> str:
+    return reply_for(fake.requests_for(model)[-1]["messages"])
+
+
+async def test_send_streams_a_reply_chunk_by_chunk_to_the_whole_room(
+    start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
+) -> None:
+    server = await start_server()
+    alice: ChatClient = await connect(server.url)
+    watcher: ChatClient = await connect(server.url)
+    joined = await alice.join("room-1")
+    assert joined["messages"] == []
+    assert joined["consultation"]["consultationId"] == "room-1"
+    await watcher.join("room-2")  # rooms shared by several users: see test_access.py
+
+    sent = await alice.send("room-1", "I have a headache", userId="spoofed", tenantId="spoofed")
+    assert sent["seq"] == 1
+    assert sent["role"] == "user"
+    assert sent["content"] == "I have a headache"
+    assert sent["userId"].startswith("guest-")  # identity comes from the connection, not payload
+
+    await alice.wait_reply_done()
+    reply = expected_reply(fake_openai, "good")
+    assert alice.of("aiThinking") == [
+        {"consultationId": "room-1", "status": "processing"},
+        {"consultationId": "room-1", "status": "done"},
+    ]
+    [ai_message] = alice.of("aiMessage")
+    chunks = chunks_by_message(alice)[ai_message["id"]]
+    assert [c["index"] for c in chunks] == list(range(len(chunks)))
+    assert [c["isComplete"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert len(chunks) > 3  # streamed, not one blob
+    assert "".join(c["content"] for c in chunks) == reply
+    assert ai_message["content"] == reply
+    assert ai_message["seq"] == 2
+    assert ai_message["role"] == "assistant"
+    assert ai_message["model"] == "good"
+    assert ai_message["status"] == "complete"
+    assert alice.of("userMessage") == []  # the sender has its ack, not an echo
+    assert watcher.events == []  # another room sees nothing
+
+    # Event order: thinking → chunks → message → done.
+    names = [n for n, _ in alice.events]
+    assert names[0] == "aiThinking" and names[-1] == "aiThinking"
+    assert names.index("aiMessage") == len(names) - 2
+
+
+async def test_the_reply_context_is_the_system_prompt_and_the_last_messages(
+    start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
+) -> None:
+    server = await start_server(ai_context_messages=3, ai_system_prompt="Be brief.")
+    client: ChatClient = await connect(server.url)
+    await client.join("ctx")
+    for i in range(3):
+        await client.send("ctx", f"question {i}")
+        await client.wait_reply_done(count=i + 1)
+    messages = fake_openai.requests_for("good")[-1]["messages"]
+    assert messages[0] == {"role": "system", "content": "Be brief."}
+    assert [m["role"] for m in messages[1:]] == ["user", "assistant", "user"]
+    assert messages[-1]["content"] == "question 2"
+    assert messages[1]["content"] == "question 1"
+
+
+async def test_the_next_model_answers_when_the_first_fails_before_any_token(
+    start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
+) -> None:
+    server = await start_server(ai_models=("fail-500", "fail-429", "good"))
+    client: ChatClient = await connect(server.url)
+    await client.join("fallback")
+    await client.send("fallback", "hello")
+    await client.wait_reply_done()
+    [message] = client.of("aiMessage")
+    assert message["model"] == "good"
+    assert message["content"] == expected_reply(fake_openai, "good")
+    assert len(fake_openai.requests_for("fail-500")) == 1  # no SDK retries
+    assert client.of("error") == []
+
+
+async def test_when_every_model_fails_the_room_gets_ai_unavailable_and_the_message_stays(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(ai_models=("fail-500", "fail-503"))
+    client: ChatClient = await connect(server.url)
+    await client.join("down")
+    await client.send("down", "anyone there?")
+    await client.wait_reply_done()
+    [error] = client.of("error")
+    assert error["code"] == "ai_unavailable"
+    assert error["consultationId"] == "down"
+    assert client.of("aiMessage") == []
+    history = (await client.join("down"))["messages"]
+    assert [m["content"] for m in history] == ["anyone there?"]
+
+
+async def test_a_stream_that_breaks_midway_is_stored_as_incomplete_without_retrying(
+    start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
+) -> None:
+    server = await start_server(ai_models=("drop-after-3", "good"))
+    client: ChatClient = await connect(server.url)
+    await client.join("broken")
+    await client.send("broken", "tell me everything")
+    await client.wait_reply_done()
+    [message] = client.of("aiMessage")
+    assert message["status"] == "incomplete"
+    assert message["content"] == "Echo: tell me "  # the three tokens that arrived
+    chunks = chunks_by_message(client)[message["id"]]
+    assert "".join(c["content"] for c in chunks) == message["content"]
+    assert chunks[-1]["isComplete"] is True
+    assert [e["code"] for e in client.of("error")] == ["ai_unavailable"]
+    assert fake_openai.requests_for("good") == []  # text had reached the room: no restart
+    history = (await client.join("broken"))["messages"]
+    assert [(m["role"], m["status"]) for m in history] == [
+        ("user", "complete"),
+        ("assistant", "incomplete"),
+    ]
+
+
+async def test_messages_sent_during_a_reply_are_answered_by_the_next_one(
+    start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
+) -> None:
+    server = await start_server(ai_models=("slow-40",))
+    client: ChatClient = await connect(server.url)
+    await client.join("busy")
+    await client.send("busy", "first")
+    await client.wait_for("aiChunk")  # the first reply is streaming now
+    await client.send("busy", "second")
+    await client.send("busy", "third")
+    await client.wait_reply_done(count=2, timeout=20)
+    await asyncio.sleep(0.3)  # a third reply, if any, would have started by now
+    assert len(client.of("aiMessage")) == 2
+    # Replies never overlap: each reply's chunks come between its thinking events.
+    statuses = [d["status"] for d in client.of("aiThinking")]
+    assert statuses == ["processing", "done", "processing", "done"]
+    second_context = fake_openai.requests_for("slow-40")[1]["messages"]
+    assert [m["content"] for m in second_context if m["role"] == "user"][-2:] == [
+        "second",
+        "third",
+    ]
+    history = (await client.join("busy"))["messages"]
+    assert [m["seq"] for m in history] == [1, 2, 3, 4, 5]
+
+
+async def test_rejoining_with_last_seq_returns_exactly_the_missed_messages(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(offline_word_delay_seconds=0)
+    first: ChatClient = await connect(server.url)
+    await first.join("resume")
+    await first.send("resume", "one")
+    await first.wait_reply_done()
+    seen = (await first.join("resume"))["messages"]
+    last_seq = seen[-1]["seq"]
+    await first.send("resume", "two")
+    await first.wait_reply_done(count=2)
+    await first.send("resume", "three")
+    await first.wait_reply_done(count=3)
+
+    resumed = await first.join("resume", lastSeq=last_seq)
+    assert [m["seq"] for m in resumed["messages"]] == [3, 4, 5, 6]
+    assert [m["content"] for m in resumed["messages"] if m["role"] == "user"] == ["two", "three"]
+    assert (await first.join("resume", lastSeq=6))["messages"] == []
+
+
+async def test_join_returns_the_last_50_messages(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(ai_models=("fail-500",))
+    client: ChatClient = await connect(server.url)
+    await client.join("long")
+    for i in range(55):
+        await client.send("long", f"m{i}")
+    messages = (await client.join("long"))["messages"]
+    assert len(messages) == 50
+    assert messages[-1]["content"] == "m54"
+    assert [m["seq"] for m in messages] == list(range(6, 56))
+
+
+async def test_events_of_one_socket_run_in_order_without_waiting_for_acks(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server()
+    client: ChatClient = await connect(server.url)
+    # Exactly what the browser-console snippet does: emit, emit, no waiting.
+    await client.emit("joinConsultation", {"consultationId": "test-123"})
+    await client.emit("sendMessage", {"consultationId": "test-123", "content": "hi"})
+    [message] = await client.wait_for("aiMessage")
+    assert message["seq"] == 2
+    assert client.of("error") == []
+
+
+async def test_leave_stops_delivery_and_sending_requires_a_join(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server()
+    client: ChatClient = await connect(server.url)
+    not_joined = await client.call("sendMessage", {"consultationId": "x", "content": "hi"})
+    assert not_joined["ok"] is False
+    assert not_joined["error"]["code"] == "not_joined"
+    await client.join("x")
+    assert (await client.call("leaveConsultation", {"consultationId": "x"})) == {
+        "ok": True,
+        "left": True,
+    }
+    after_leave = await client.call("sendMessage", {"consultationId": "x", "content": "hi"})
+    assert after_leave["error"]["code"] == "not_joined"
+
+
+async def test_health_and_readiness_and_demo_page(start_server: StartServer) -> None:
+    server = await start_server(socketio_client_url="/static/sio-test.js")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/healthz") as response:
+            assert response.status == 200
+        async with http.get(server.url + "/readyz") as response:
+            assert response.status == 200
+            assert (await response.json())["checks"] == {"storage": "ok"}
+        async with http.get(server.url + "/") as response:
+            page = await response.text()
+            assert '<script src="/static/sio-test.js"></script>' in page
+            assert "joinConsultation" in page

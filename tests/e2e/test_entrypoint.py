@@ -1,0 +1,140 @@
+"""``python -m server`` as users start it: embedded defaults, a clear log, the token command."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import jwt
+import pytest
+
+from tests.conftest import JWT_SECRET, ROOT
+from tests.helpers import ChatClient, free_port, wait_for_port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    keep = {"PATH", "HOME", "LANG", "SYSTEMROOT"}
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "server"],
+        cwd=ROOT,
+        env=clean_env(PORT=str(port), OFFLINE_WORD_DELAY_SECONDS="0.005"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+async def test_a_bare_server_starts_with_embedded_defaults_and_says_so(
+    served: tuple[str, subprocess.Popen[str]],
+) -> None:
+    url, process = served
+    client = ChatClient(url)
+    await client.connect()
+    try:
+        await client.join("test-123")
+        await client.send("test-123", "hello offline")
+        [message] = await client.wait_for("aiMessage")
+        assert message["model"] == "offline"
+        assert "hello offline" in message["content"]
+    finally:
+        await client.disconnect()
+    process.terminate()
+    log, _ = process.communicate(timeout=15)
+    for expected in ("IN-MEMORY", "SINGLE INSTANCE", "OFFLINE", "DEV AUTH", "listening on"):
+        assert expected in log, log
+    assert "Traceback" not in log, log
+
+
+def test_token_command_prints_a_token_the_server_accepts() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "token",
+            "--sub",
+            "u1",
+            "--tenant",
+            "t1",
+            "--role",
+            "operator",
+        ],
+        cwd=ROOT,
+        env=clean_env(JWT_SECRET=JWT_SECRET),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    claims = jwt.decode(result.stdout.strip(), JWT_SECRET, algorithms=["HS256"])
+    assert (claims["sub"], claims["tenant"], claims["role"]) == ("u1", "t1", "operator")
+    assert claims["exp"] > claims["iat"]
+
+
+def test_token_command_without_a_secret_explains_itself() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "token", "--sub", "u1"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "JWT_SECRET" in result.stderr
+
+
+def test_a_bad_setting_stops_the_server_with_a_clear_message() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server"],
+        cwd=ROOT,
+        env=clean_env(PORT="eighty"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "PORT must be an integer" in result.stderr
+
+
+async def test_sigterm_lets_a_streaming_reply_finish_and_be_stored() -> None:
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        cwd=ROOT,
+        env=clean_env(PORT=str(port), OFFLINE_WORD_DELAY_SECONDS="0.05"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await asyncio.to_thread(wait_for_port, port)
+        client = ChatClient(f"http://127.0.0.1:{port}")
+        await client.connect()
+        await client.join("graceful")
+        await client.send("graceful", "finish your sentence")
+        await client.wait_for("aiChunk")
+        process.terminate()
+        [message] = await client.wait_for("aiMessage", timeout=15)
+        assert message["status"] == "complete"
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -1,0 +1,62 @@
+"""The official Node socket.io-client (what browsers and apps use) against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.storage.mongo import MongoStore
+from tests.conftest import StartServer
+
+JS = Path(__file__).resolve().parent.parent / "js"
+
+
+async def run_snippet(url: str, *transport: str) -> dict[str, Any]:
+    node = shutil.which("node")
+    if node is None or not (JS / "node_modules" / "socket.io-client").is_dir():
+        pytest.fail("node and tests/js/node_modules are needed: run scripts/test")
+    process = await asyncio.create_subprocess_exec(
+        node,
+        str(JS / "console_snippet.mjs"),
+        url,
+        *transport,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, (stdout, stderr)
+    result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.parametrize("transport", [(), ("websocket",)], ids=["polling-upgrade", "websocket"])
+async def test_the_console_snippet_gets_a_streamed_answer(
+    start_server: StartServer, transport: tuple[str, ...]
+) -> None:
+    server = await start_server()  # dev auth, fake LLM
+    seen = await run_snippet(server.url, *transport)
+    message = seen["aiMessage"]
+    assert seen["logged"] == f"AI: {message['content']}"
+    assert "I have a headache, what should I do?" in message["content"]
+    assert "".join(c["content"] for c in seen["chunks"]) == message["content"]
+    assert seen["chunks"][-1]["isComplete"] is True
+    assert seen["thinking"][0] == "processing"
+    assert seen["errors"] == []
+    assert seen["transport"] == "websocket"  # polling upgraded, or websocket from the start
+
+
+async def test_the_console_snippet_works_on_mongo_with_the_offline_assistant(
+    start_server: StartServer, mongo_store: MongoStore
+) -> None:
+    server = await start_server(
+        store=mongo_store, openai_api_key=None, offline_word_delay_seconds=0.005
+    )
+    seen = await run_snippet(server.url)
+    assert seen["aiMessage"]["model"] == "offline"
+    assert seen["aiMessage"]["content"].startswith("[Offline assistant]")
+    assert seen["errors"] == []

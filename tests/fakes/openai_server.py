@@ -1,0 +1,120 @@
+"""A small OpenAI-compatible HTTP server that streams real SSE ``chat.completion.chunk`` frames.
+
+It stands in for the paid LLM API only; the server under test talks to it through the real
+``openai`` SDK. The model name chooses the behaviour:
+
+- ``fail-<status>``: answer that HTTP status with an OpenAI-style error body;
+- ``drop-after-<n>``: stream ``n`` content chunks, then cut the connection;
+- ``hang``: accept the request and never answer;
+- ``slow-<ms>``: a normal reply with ``ms`` milliseconds between tokens;
+- anything else: a normal reply with ``token_delay`` between tokens.
+
+A normal reply is ``reply_for(messages)``: it echoes the last user message, so tests know the
+exact text to expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+def reply_for(messages: list[dict[str, Any]]) -> str:
+    last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    return f"Echo: {last_user} (context {len(messages)} messages)"
+
+
+def tokens_of(text: str) -> list[str]:
+    return re.findall(r"\S+\s*", text)
+
+
+@dataclass
+class FakeOpenAI:
+    token_delay: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._completions)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}/v1"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def requests_for(self, model: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["model"] == model]
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append(body)
+        model = str(body.get("model", ""))
+        if match := re.fullmatch(r"fail-(\d{3})", model):
+            status = int(match.group(1))
+            return web.json_response(
+                {"error": {"message": f"fake failure {status}", "type": "server_error"}},
+                status=status,
+            )
+        if model == "hang":
+            await asyncio.sleep(3600)
+        if not body.get("stream"):
+            return web.json_response({"error": {"message": "only stream=True"}}, status=400)
+        delay = self.token_delay
+        if match := re.fullmatch(r"slow-(\d+)", model):
+            delay = int(match.group(1)) / 1000
+        drop_after = None
+        if match := re.fullmatch(r"drop-after-(\d+)", model):
+            drop_after = int(match.group(1))
+        return await self._stream(
+            request, model, tokens_of(reply_for(body["messages"])), delay, drop_after
+        )
+
+    async def _stream(
+        self,
+        request: web.Request,
+        model: str,
+        tokens: list[str],
+        delay: float,
+        drop_after: int | None,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        created = int(time.time())
+
+        async def send(delta: dict[str, Any], finish: str | None = None) -> None:
+            chunk = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        await send({"role": "assistant", "content": ""})
+        for index, token in enumerate(tokens):
+            if drop_after is not None and index == drop_after:
+                assert request.transport is not None
+                request.transport.abort()  # the provider dies mid-stream
+                return response
+            if delay:
+                await asyncio.sleep(delay)
+            await send({"content": token})
+        await send({}, finish="stop")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import socketio
@@ -13,7 +13,9 @@ from .ai.fallback import FallbackAssistant
 from .ai.offline import OfflineAssistant
 from .ai.openai_provider import OpenAIModel, make_client
 from .config import Settings
+from .coordination.failover import FailoverCoordination
 from .coordination.memory import MemoryCoordination
+from .coordination.redis import RedisCoordination
 from .domain.consultations import ConsultationService, Limits
 from .domain.ports import Assistant, Coordination, Store
 from .domain.replies import ReplyService, ReplySettings
@@ -21,7 +23,9 @@ from .errors import AppError
 from .storage.memory import MemoryStore
 from .transport.auth import Authenticator
 from .transport.chat_namespace import NAMESPACE, ChatNamespace
+from .transport.net import parse_networks
 from .transport.notifier import SocketIONotifier
+from .transport.redis_manager import ClusterRedisManager
 from .transport.rest import Routes, cors_middleware
 
 log = logging.getLogger("server")
@@ -39,6 +43,7 @@ class Components:
     namespace: ChatNamespace
     replies: ReplyService
     service: ConsultationService
+    manager: ClusterRedisManager | None
 
 
 COMPONENTS = web.AppKey("components", Components)
@@ -53,9 +58,11 @@ def create_app(
 ) -> web.Application:
     store = store or _store(settings)
     assistant = assistant or _assistant(settings)
-    coordination = coordination or MemoryCoordination()
+    manager = _client_manager(settings)
+    coordination = coordination or _coordination(settings)
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
+        client_manager=manager,
         cors_allowed_origins=settings.allowed_origins,
         # Events of one socket run in the order they were sent (a send emitted right after a
         # join must find the join done); AI replies run as their own tasks, so nothing slow
@@ -83,6 +90,7 @@ def create_app(
         store,
         replies,
         notifier,
+        coordination,
         Limits(
             max_message_chars=settings.max_message_chars,
             history_page_size=settings.history_page_size,
@@ -94,19 +102,19 @@ def create_app(
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
     )
-    namespace = ChatNamespace(service, authenticator)
+    namespace = ChatNamespace(service, authenticator, parse_networks(settings.trusted_proxies))
     sio.register_namespace(namespace)
 
     async def readiness() -> dict[str, str]:
-        try:
-            await store.ping()
-        except AppError as exc:
-            return {"storage": exc.message}
-        return {"storage": "ok"}
+        checks = {"storage": await _check(store.ping())}
+        if manager is not None:
+            checks["coordination"] = await _check(coordination.ping())
+            checks["fanout"] = manager.fanout_state()
+        return checks
 
     app = web.Application(middlewares=[cors_middleware(settings.allowed_origins)])
     components = Components(
-        settings, store, assistant, coordination, sio, namespace, replies, service
+        settings, store, assistant, coordination, sio, namespace, replies, service, manager
     )
     app[COMPONENTS] = components
     sio.attach(app)
@@ -119,7 +127,11 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     parts = app[COMPONENTS]
     await parts.store.start()
+    if parts.manager is not None:
+        parts.manager.start()
     yield
+    if parts.manager is not None:
+        await parts.manager.stop()
     await parts.assistant.close()
     await parts.coordination.close()
     await parts.store.close()
@@ -151,7 +163,15 @@ def describe_mode(settings: Settings) -> list[tuple[int, str]]:
             )
         )
     if settings.redis_url:
-        lines.append((logging.INFO, "fan-out: Redis"))
+        lines.append((logging.INFO, "fan-out and coordination: Redis"))
+    elif settings.mongodb_url:
+        lines.append(
+            (
+                logging.WARNING,
+                "fan-out: SINGLE INSTANCE (REDIS_URL not set) although MONGODB_URL is: instances "
+                "sharing this database MUST share Redis, or their rooms and reply locks split",
+            )
+        )
     else:
         lines.append((logging.WARNING, "fan-out: SINGLE INSTANCE (REDIS_URL not set)"))
     if settings.openai_api_key:
@@ -173,6 +193,26 @@ def describe_mode(settings: Settings) -> list[tuple[int, str]]:
     else:
         lines.append((logging.INFO, f"auth: JWT ({', '.join(settings.jwt_algorithms)})"))
     return lines
+
+
+async def _check(probe: Awaitable[None]) -> str:
+    try:
+        await probe
+    except AppError as exc:
+        return exc.message
+    return "ok"
+
+
+def _client_manager(settings: Settings) -> ClusterRedisManager | None:
+    if not settings.redis_url:
+        return None  # python-socketio's in-process manager
+    return ClusterRedisManager(settings.redis_url)
+
+
+def _coordination(settings: Settings) -> Coordination:
+    if not settings.redis_url:
+        return MemoryCoordination()
+    return FailoverCoordination(RedisCoordination(settings.redis_url))
 
 
 def _store(settings: Settings) -> Store:

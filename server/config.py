@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class Settings:
     ai_lock_ttl_seconds: float = 15.0
     offline_word_delay_seconds: float = 0.04
     cors_origins: tuple[str, ...] | None = None
+    trusted_proxies: tuple[str, ...] = ()
     max_message_chars: int = 8000
     history_page_size: int = 50
     socketio_client_url: str = DEFAULT_SOCKETIO_CLIENT_URL
@@ -98,6 +100,7 @@ class Settings:
                 "OFFLINE_WORD_DELAY_SECONDS", defaults.offline_word_delay_seconds, minimum=0.0
             ),
             cors_origins=read.items("CORS_ORIGINS"),
+            trusted_proxies=read.networks("TRUSTED_PROXIES"),
             max_message_chars=read.integer(
                 "MAX_MESSAGE_CHARS", defaults.max_message_chars, minimum=1
             ),
@@ -147,6 +150,15 @@ class _Reader:
         if value < minimum:
             raise ConfigError(f"{name} must be >= {minimum}, got {value}")
         return value
+
+    def networks(self, name: str) -> tuple[str, ...]:
+        items = self.items(name) or ()
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {item!r} is not an IP address or network") from exc
+        return items
 
     def items(self, name: str) -> tuple[str, ...] | None:
         raw = self.optional(name)

@@ -66,6 +66,12 @@ class StorageUnavailable(AppError):
     default_message = "Storage is unavailable, please retry"
 
 
+class CoordinationUnavailable(AppError):
+    code = "coordination_unavailable"
+    retryable = True
+    default_message = "Cluster coordination is unavailable, please retry"
+
+
 class AssistantUnavailable(AppError):
     code = "ai_unavailable"
     retryable = True

@@ -1,9 +1,13 @@
-"""In-process coordination: locks with expiry and pending flags, for a single instance."""
+"""In-process coordination for a single instance: locks with expiry, pending flags and the
+partial-reply buffer."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass, field
+
+from ..domain.ports import Partial
 
 
 class MemoryLock:
@@ -14,16 +18,24 @@ class MemoryLock:
         self._ttl = ttl
 
     async def renew(self) -> bool:
-        return self._owner._renew(self._name, self._token, self._ttl)
+        return self._owner.renew_lock(self._name, self._token, self._ttl)
 
     async def release(self) -> None:
-        self._owner._release(self._name, self._token)
+        self._owner.release_lock(self._name, self._token)
+
+
+@dataclass
+class _Buffer:
+    message_id: str
+    expires_at: float
+    parts: list[str] = field(default_factory=list)
 
 
 class MemoryCoordination:
     def __init__(self) -> None:
         self._locks: dict[str, tuple[str, float]] = {}  # name -> (token, expires at)
         self._pending: set[str] = set()
+        self._partials: dict[str, _Buffer] = {}
 
     async def try_lock(self, name: str, ttl_seconds: float) -> MemoryLock | None:
         now = time.monotonic()
@@ -33,6 +45,18 @@ class MemoryCoordination:
         token = uuid.uuid4().hex
         self._locks[name] = (token, now + ttl_seconds)
         return MemoryLock(self, name, token, ttl_seconds)
+
+    def renew_lock(self, name: str, token: str, ttl: float) -> bool:
+        held = self._locks.get(name)
+        if held is None or held[0] != token or held[1] <= time.monotonic():
+            return False
+        self._locks[name] = (token, time.monotonic() + ttl)
+        return True
+
+    def release_lock(self, name: str, token: str) -> None:
+        held = self._locks.get(name)
+        if held is not None and held[0] == token:
+            del self._locks[name]
 
     async def mark_pending(self, name: str) -> None:
         self._pending.add(name)
@@ -46,18 +70,39 @@ class MemoryCoordination:
     async def is_pending(self, name: str) -> bool:
         return name in self._pending
 
+    async def start_partial(self, name: str, message_id: str, ttl_seconds: float) -> None:
+        self._partials[name] = _Buffer(message_id, time.monotonic() + ttl_seconds)
+
+    async def append_partial(
+        self, name: str, message_id: str, text: str, ttl_seconds: float
+    ) -> None:
+        buffer = self._live_buffer(name)
+        if buffer is not None and buffer.message_id == message_id:
+            buffer.parts.append(text)
+            buffer.expires_at = time.monotonic() + ttl_seconds
+
+    async def read_partial(self, name: str) -> Partial | None:
+        buffer = self._live_buffer(name)
+        if buffer is None:
+            return None
+        return Partial(buffer.message_id, "".join(buffer.parts), len(buffer.parts) - 1)
+
+    async def clear_partial(self, name: str, message_id: str) -> None:
+        buffer = self._partials.get(name)
+        if buffer is not None and buffer.message_id == message_id:
+            del self._partials[name]
+
+    async def ping(self) -> None:
+        return None
+
     async def close(self) -> None:
         self._locks.clear()
         self._pending.clear()
+        self._partials.clear()
 
-    def _renew(self, name: str, token: str, ttl: float) -> bool:
-        held = self._locks.get(name)
-        if held is None or held[0] != token:
-            return False
-        self._locks[name] = (token, time.monotonic() + ttl)
-        return True
-
-    def _release(self, name: str, token: str) -> None:
-        held = self._locks.get(name)
-        if held is not None and held[0] == token:
-            del self._locks[name]
+    def _live_buffer(self, name: str) -> _Buffer | None:
+        buffer = self._partials.get(name)
+        if buffer is not None and buffer.expires_at <= time.monotonic():
+            del self._partials[name]
+            return None
+        return buffer

@@ -16,7 +16,7 @@ from .models import (
     new_id,
     utcnow,
 )
-from .ports import Notifier, Store
+from .ports import Coordination, Notifier, Partial, Store
 from .replies import ReplyService
 
 EnterRoom = Callable[[ConsultationKey], Awaitable[None]]
@@ -33,6 +33,7 @@ class Limits:
 class Joined:
     consultation: Consultation
     messages: list[Message]
+    streaming: Partial | None = None  # the reply being streamed right now, so far
 
 
 def can_access(identity: Identity, consultation: Consultation) -> bool:
@@ -42,9 +43,15 @@ def can_access(identity: Identity, consultation: Consultation) -> bool:
 
 class ConsultationService:
     def __init__(
-        self, store: Store, replies: ReplyService, notifier: Notifier, limits: Limits
+        self,
+        store: Store,
+        replies: ReplyService,
+        notifier: Notifier,
+        coordination: Coordination,
+        limits: Limits,
     ) -> None:
         self._store = store
+        self._coordination = coordination
         self._replies = replies
         self._notifier = notifier
         self.limits = limits
@@ -59,11 +66,16 @@ class ConsultationService:
         # Enter the room before reading history: a message stored in between is then seen
         # live (clients de-duplicate by seq) instead of being missed.
         await enter(key)
+        # Read the partial reply before the history: if the reply is stored in between, it is
+        # in the history and the stale partial is dropped below; never the other way round.
+        streaming = await self._coordination.read_partial(key.room)
         if last_seq is None:
             messages = await self._store.recent(key, self.limits.history_page_size)
         else:
             messages = await self._store.after(key, last_seq, self.limits.max_history_page_size)
-        return Joined(consultation, messages)
+        if streaming is not None and any(m.id == streaming.message_id for m in messages):
+            streaming = None
+        return Joined(consultation, messages, streaming)
 
     async def history(
         self, identity: Identity, consultation_id: str, after_seq: int | None, limit: int | None

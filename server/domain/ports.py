@@ -81,8 +81,18 @@ class Lock(Protocol):
     async def release(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Partial:
+    """The text of a reply while it streams: what a client joining mid-stream starts from."""
+
+    message_id: str
+    content: str
+    index: int  # index of the last chunk included in ``content``; -1 before the first
+
+
 class Coordination(Protocol):
-    """What instances agree on: reply locks and pending-reply flags per consultation."""
+    """What instances agree on, per consultation: the reply lock, pending-reply flags and the
+    partial-reply buffer."""
 
     async def try_lock(self, name: str, ttl_seconds: float) -> Lock | None: ...
 
@@ -93,6 +103,22 @@ class Coordination(Protocol):
         ...
 
     async def is_pending(self, name: str) -> bool: ...
+
+    async def start_partial(self, name: str, message_id: str, ttl_seconds: float) -> None:
+        """Begin buffering the reply ``message_id`` (replacing any older buffer)."""
+        ...
+
+    async def append_partial(
+        self, name: str, message_id: str, text: str, ttl_seconds: float
+    ) -> None: ...
+
+    async def read_partial(self, name: str) -> Partial | None: ...
+
+    async def clear_partial(self, name: str, message_id: str) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise :class:`CoordinationUnavailable` when the backend cannot serve requests."""
+        ...
 
     async def close(self) -> None: ...
 

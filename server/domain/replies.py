@@ -110,6 +110,8 @@ class ReplyService:
             turns=[Turn(m.author, m.content) for m in history],
         )
         message_id = new_id()
+        name, buffer_ttl = key.room, self._settings.lock_ttl_seconds * 2
+        await self._coordination.start_partial(name, message_id, buffer_ttl)
         parts: list[str] = []
         model: str | None = None
         index = 0
@@ -121,6 +123,9 @@ class ReplyService:
                     continue
                 model = delta.model
                 parts.append(delta.text)
+                # Buffer first, emit second: a client joining in between finds the chunk in
+                # the buffer (and drops the live copy by its index) instead of missing it.
+                await self._coordination.append_partial(name, message_id, delta.text, buffer_ttl)
                 await self._notifier.to_room(
                     key, "aiChunk", _chunk(cid, message_id, index, delta.text, False)
                 )
@@ -131,18 +136,22 @@ class ReplyService:
                         log.warning("reply lock for %s was lost while streaming", key.room)
         except AssistantUnavailable as exc:
             failure = exc
-        except Exception as exc:  # a provider bug must not lose what streamed
+        except Exception:  # a provider bug must not lose what streamed
             log.exception("assistant failed for %s", key.room)
             failure = ReplyInterrupted() if parts else AssistantUnavailable()
-            del exc
         content = "".join(parts)
         if content:
             await self._notifier.to_room(key, "aiChunk", _chunk(cid, message_id, index, "", True))
             status = MessageStatus.COMPLETE if failure is None else MessageStatus.INCOMPLETE
-            stored = await self._store_reply(key, message_id, content, model, status)
+            try:
+                stored = await self._store_reply(key, message_id, content, model, status)
+            finally:
+                await self._coordination.clear_partial(name, message_id)
             await self._notifier.to_room(key, "aiMessage", stored.to_wire())
-        elif failure is None:
-            failure = AssistantUnavailable("The assistant returned an empty reply")
+        else:
+            await self._coordination.clear_partial(name, message_id)
+            if failure is None:
+                failure = AssistantUnavailable("The assistant returned an empty reply")
         if failure is not None:
             await self._notifier.to_room(key, "error", {"consultationId": cid, **failure.to_wire()})
 

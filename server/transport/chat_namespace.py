@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import socketio
@@ -12,6 +13,7 @@ from ..domain.models import ConsultationKey
 from ..errors import AppError, UnknownEvent
 from .acks import Ack, acknowledged, failed, ok
 from .auth import Authenticator, token_from_handshake
+from .net import Network, handshake_address
 from .schemas import JoinConsultation, LeaveConsultation, SendMessage
 
 log = logging.getLogger(__name__)
@@ -21,10 +23,16 @@ CLIENT_EVENTS = frozenset({"joinConsultation", "sendMessage", "leaveConsultation
 
 
 class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
-    def __init__(self, service: ConsultationService, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        service: ConsultationService,
+        authenticator: Authenticator,
+        trusted_proxies: Sequence[Network] = (),
+    ) -> None:
         super().__init__(NAMESPACE)
         self._service = service
         self._auth = authenticator
+        self._proxies = tuple(trusted_proxies)
         self._sessions: dict[str, ChatSession] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -36,7 +44,13 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             # Two arguments: socket.io-client then sees err.message and err.data.code.
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_wire()) from None
         self._sessions[sid] = ChatSession(identity, self._service, origin=sid)
-        log.info("connected %s as %s/%s", sid, identity.tenant_id, identity.user_id)
+        log.info(
+            "connected %s as %s/%s from %s",
+            sid,
+            identity.tenant_id,
+            identity.user_id,
+            handshake_address(environ, self._proxies),
+        )
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         self._sessions.pop(sid, None)
@@ -70,10 +84,17 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             await self.enter_room(sid, key.room)
 
         joined = await session.join(command.consultationId, command.lastSeq, enter)
-        return ok(
+        ack = ok(
             consultation=joined.consultation.to_wire(),
             messages=[m.to_wire() for m in joined.messages],
         )
+        if joined.streaming is not None:
+            ack["streaming"] = {
+                "messageId": joined.streaming.message_id,
+                "content": joined.streaming.content,
+                "index": joined.streaming.index,
+            }
+        return ack
 
     @acknowledged
     async def on_sendMessage(self, sid: str, session: ChatSession, data: Any) -> Ack:

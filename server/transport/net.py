@@ -1,0 +1,44 @@
+"""The client's address, trusting ``X-Forwarded-For`` only from configured proxies."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(items: Sequence[str]) -> tuple[Network, ...]:
+    """``10.0.0.0/8``, ``127.0.0.1`` or ``::1`` → networks; raises ValueError on bad input."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items)
+
+
+def _trusted(address: str, proxies: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+def client_address(
+    peer: str | None, forwarded_for: str | None, proxies: Sequence[Network]
+) -> str | None:
+    """Walk ``X-Forwarded-For`` from the right while the hop is a trusted proxy: the first
+    untrusted hop is the client. A header from an untrusted peer is ignored (anyone can
+    send one)."""
+    if peer is None or not proxies or not _trusted(peer, proxies):
+        return peer
+    hops = [hop.strip() for hop in (forwarded_for or "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, proxies):
+            return hop
+    return hops[0] if hops else peer
+
+
+def handshake_address(environ: Mapping[str, Any], proxies: Sequence[Network]) -> str | None:
+    # engineio's aiohttp driver sets REMOTE_ADDR to a constant; the request knows the peer.
+    request = environ.get("aiohttp.request")
+    peer = getattr(request, "remote", None) or environ.get("REMOTE_ADDR")
+    return client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), proxies)

@@ -118,7 +118,13 @@ def create_app(
     )
     app[COMPONENTS] = components
     sio.attach(app)
-    Routes(service, authenticator, readiness, settings.socketio_client_url).install(app)
+    Routes(
+        service,
+        authenticator,
+        readiness,
+        settings.socketio_client_url,
+        connections=lambda: namespace.connection_count,
+    ).install(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)
     return app
@@ -206,13 +212,13 @@ async def _check(probe: Awaitable[None]) -> str:
 def _client_manager(settings: Settings) -> ClusterRedisManager | None:
     if not settings.redis_url:
         return None  # python-socketio's in-process manager
-    return ClusterRedisManager(settings.redis_url)
+    return ClusterRedisManager(settings.redis_url, channel=settings.redis_prefix)
 
 
 def _coordination(settings: Settings) -> Coordination:
     if not settings.redis_url:
         return MemoryCoordination()
-    return FailoverCoordination(RedisCoordination(settings.redis_url))
+    return FailoverCoordination(RedisCoordination(settings.redis_url, prefix=settings.redis_prefix))
 
 
 def _store(settings: Settings) -> Store:

@@ -28,6 +28,7 @@ class Settings:
     mongodb_db: str = "consultations"
     mongodb_timeout_seconds: float = 5.0
     redis_url: str | None = field(default=None, repr=False)
+    redis_prefix: str = "consultations"
     jwt_secret: str | None = field(default=None, repr=False)
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwt_audience: str | None = None
@@ -80,6 +81,7 @@ class Settings:
                 "MONGODB_TIMEOUT_SECONDS", defaults.mongodb_timeout_seconds
             ),
             redis_url=read.optional("REDIS_URL"),
+            redis_prefix=read.text("REDIS_PREFIX", defaults.redis_prefix),
             jwt_secret=read.optional("JWT_SECRET"),
             jwt_algorithms=read.items("JWT_ALGORITHMS") or defaults.jwt_algorithms,
             jwt_audience=read.optional("JWT_AUDIENCE"),

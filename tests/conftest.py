@@ -22,6 +22,7 @@ from server.app import COMPONENTS, Components, create_app
 from server.config import Settings
 from server.domain.ports import Store
 from server.storage.mongo import MongoStore
+from tests.cluster import AppProcess, Nginx
 from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import ChatClient, free_port, wait_for_port
 
@@ -81,6 +82,53 @@ async def mongo_store(mongo_server: MongoServer) -> AsyncIterator[MongoStore]:
     await store.start()
     yield store
     await store.close()
+
+
+# -- Redis (our own redis-server, never a system instance) -------------------------------------
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        executable = shutil.which("redis-server")
+        assert executable, "redis-server is missing: scripts/test installs it"
+        self.process = subprocess.Popen(
+            [
+                executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(free_port())
+    server.start()
+    yield server
+    server.stop()
 
 
 # -- the fake LLM API ---------------------------------------------------------------------------
@@ -183,3 +231,65 @@ def make_token(
     if role is not None:
         payload["role"] = role
     return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+# -- several app processes behind a real nginx --------------------------------------------------
+
+
+class Cluster:
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.apps: list[AppProcess] = []
+        self.proxies: list[Nginx] = []
+
+    def start_apps(self, count: int, **env: str) -> list[AppProcess]:
+        started = [
+            AppProcess(
+                {**self.env, **env}, self.workdir / f"app{len(self.apps) + i + 1}.log"
+            ).start()
+            for i in range(count)
+        ]
+        self.apps.extend(started)
+        for app in started:
+            app.wait_ready()
+        return started
+
+    def start_nginx(self, apps: list[AppProcess] | None = None) -> Nginx:
+        upstreams = [f"127.0.0.1:{app.port}" for app in (apps or self.apps)]
+        proxy = Nginx(upstreams, self.workdir / f"nginx{len(self.proxies) + 1}").start()
+        self.proxies.append(proxy)
+        return proxy
+
+    def stop(self) -> None:
+        for proxy in self.proxies:
+            proxy.stop()
+        for app in self.apps:
+            app.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {app.log_path.name}\n{app.log()[-4000:]}" for app in self.apps)
+
+
+@pytest.fixture
+def cluster(
+    mongo_server: MongoServer,
+    redis_server: RedisServer,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+) -> Iterator[Cluster]:
+    unique = uuid.uuid4().hex[:10]
+    env = {
+        "MONGODB_URL": mongo_server.url,
+        "MONGODB_DB": f"cluster_{unique}",
+        "REDIS_URL": redis_server.url,
+        "REDIS_PREFIX": f"test-{unique}",
+        "JWT_SECRET": JWT_SECRET,
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": fake_openai.url,
+        "AI_MODELS": "slow-20",
+        "AI_LOCK_TTL_SECONDS": "3",
+    }
+    running = Cluster(tmp_path, env)
+    yield running
+    running.stop()

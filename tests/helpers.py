@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import socketio
 
 NAMESPACE = "/chat"
@@ -43,6 +44,8 @@ class ChatClient:
         token: str | None = None,
         transports: list[str] | None = None,
         headers: dict[str, str] | None = None,
+        source_ip: str | None = None,
+        reconnection: bool = False,
     ) -> None:
         self.url = url
         self.token = token
@@ -51,7 +54,17 @@ class ChatClient:
         self.events: list[tuple[str, Any]] = []
         self.connect_error: Any = None
         self._changed = asyncio.Condition()
-        self.sio = socketio.AsyncClient(reconnection=False)
+        options: dict[str, Any] = {}
+        if source_ip is not None:
+            # A distinct client address (127.0.0.x) so nginx's hash spreads test clients.
+            def bound_session() -> aiohttp.ClientSession:
+                connector = aiohttp.TCPConnector(local_addr=(source_ip, 0))
+                return aiohttp.ClientSession(connector=connector)
+
+            options["http_session"] = bound_session
+        self.sio = socketio.AsyncClient(
+            reconnection=reconnection, reconnection_delay=0.2, reconnection_delay_max=1, **options
+        )
         for name in SERVER_EVENTS:
             self.sio.on(name, self._recorder(name), namespace=NAMESPACE)
         self.sio.on("connect_error", self._on_connect_error, namespace=NAMESPACE)
@@ -109,6 +122,15 @@ class ChatClient:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: len(self.of(name, predicate)) >= count)
         return self.of(name, predicate)
+
+    async def wait_quiet(self, quiet: float = 1.5, timeout: float = 30) -> None:
+        """Wait until no event has arrived for ``quiet`` seconds (replies have settled)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                seen = len(self.events)
+                await asyncio.sleep(quiet)
+                if len(self.events) == seen:
+                    return
 
     async def wait_reply_done(self, count: int = 1, timeout: float = 10) -> None:
         await self.wait_for(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from dataclasses import dataclass
 
@@ -69,12 +70,19 @@ class ReplyService:
 
     async def _serve(self, key: ConsultationKey) -> None:
         name = key.room
+        ttl = self._settings.lock_ttl_seconds
         try:
             await self._coordination.mark_pending(name)
             while True:
-                lock = await self._coordination.try_lock(name, self._settings.lock_ttl_seconds)
+                lock = await self._coordination.try_lock(name, ttl)
                 if lock is None:
-                    return  # the holder sees our pending flag and answers it
+                    # Another reply is running; its holder answers our flag when it finishes.
+                    # If the holder crashed, its lock expires with our flag still set: keep
+                    # watching until someone took the flag or the lock is ours.
+                    if not await self._coordination.is_pending(name):
+                        return
+                    await asyncio.sleep(random.uniform(0.5, 1.0) * min(0.5, ttl / 4))
+                    continue
                 try:
                     while await self._coordination.take_pending(name):
                         await self._reply_once(key, lock)

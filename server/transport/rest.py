@@ -40,7 +40,10 @@ class Routes:
         authenticator: Authenticator,
         readiness: Readiness,
         socketio_client_url: str,
+        *,
+        connections: Callable[[], int] = lambda: 0,
     ) -> None:
+        self._connections = connections
         self._service = service
         self._auth = authenticator
         self._readiness = readiness
@@ -57,7 +60,7 @@ class Routes:
         return web.Response(text=self._page, content_type="text/html")
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return web.json_response({"status": "ok", "connections": self._connections()})
 
     async def readyz(self, request: web.Request) -> web.Response:
         checks = await self._readiness()

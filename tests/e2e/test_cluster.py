@@ -1,0 +1,243 @@
+"""Several instances behind nginx behave like one server (real Redis, nginx, SecantusDB)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.cluster import http_json
+from tests.conftest import Cluster, make_token
+from tests.helpers import ChatClient, chunks_by_message
+
+Connect = Any
+
+
+def reply_text(client: ChatClient, message_id: str) -> str:
+    return "".join(c["content"] for c in chunks_by_message(client)[message_id])
+
+
+def assert_clean_stream(client: ChatClient, message: dict[str, Any]) -> None:
+    chunks = chunks_by_message(client)[message["id"]]
+    assert [c["index"] for c in chunks] == list(range(len(chunks))), "gap, reorder or duplicate"
+    assert "".join(c["content"] for c in chunks) == message["content"]
+
+
+async def test_a_room_spans_instances_in_order_without_duplicates(
+    cluster: Cluster, connect: Connect
+) -> None:
+    app_a, app_b = cluster.start_apps(2)
+    token = make_token("alice")
+    on_a: ChatClient = await connect(app_a.url, token=token)
+    on_b: ChatClient = await connect(app_b.url, token=token)
+    await on_a.join("spanning")
+    await on_b.join("spanning")
+
+    sent = await on_a.send("spanning", "hello from instance A")
+    [echo] = await on_b.wait_for("userMessage")
+    assert echo == sent
+    for client in (on_a, on_b):
+        [message] = await client.wait_for("aiMessage", timeout=20)
+        await client.wait_reply_done()
+        assert_clean_stream(client, message)
+        assert [d["status"] for d in client.of("aiThinking")] == ["processing", "done"]
+    assert on_a.of("aiMessage") == on_b.of("aiMessage")
+    assert on_a.of("aiChunk") == on_b.of("aiChunk")
+    assert on_a.of("userMessage") == []  # the sender is skipped on every instance
+
+
+@pytest.mark.parametrize("transports", [None, ["websocket"]], ids=["polling-upgrade", "websocket"])
+async def test_the_full_flow_through_nginx(
+    cluster: Cluster, connect: Connect, transports: list[str] | None
+) -> None:
+    cluster.start_apps(2)
+    proxy = cluster.start_nginx()
+    client: ChatClient = await connect(proxy.url, token=make_token("bob"), transports=transports)
+    assert (await client.join("via-nginx"))["messages"] == []
+    await client.send("via-nginx", "through the proxy")
+    [message] = await client.wait_for("aiMessage", timeout=20)
+    assert_clean_stream(client, message)
+    assert client.sio.transport() == "websocket"
+    status, body = http_json(proxy.url + "/readyz")
+    assert status == 200 and body["checks"]["fanout"] == "ok"
+
+
+async def test_fifty_clients_over_the_instances_all_receive_their_rooms(
+    cluster: Cluster, connect: Connect
+) -> None:
+    apps = cluster.start_apps(2, AI_MODELS="good")
+    proxy = cluster.start_nginx()
+    rooms = [f"room-{r}" for r in range(10)]
+    members: dict[str, list[ChatClient]] = {room: [] for room in rooms}
+    for i in range(50):
+        room = rooms[i % 10]
+        client: ChatClient = await connect(
+            proxy.url, token=make_token(f"owner-{room}"), source_ip=f"127.0.0.{i + 10}"
+        )
+        await client.join(room)
+        members[room].append(client)
+    per_instance = [await asyncio.to_thread(app.connections) for app in apps]
+    assert sum(per_instance) == 50
+    assert min(per_instance) >= 5, f"nginx did not spread clients: {per_instance}"
+
+    sent = await asyncio.gather(
+        *(members[room][0].send(room, f"question in {room}") for room in rooms)
+    )
+    for room, message in zip(rooms, sent, strict=True):
+        _sender, *others = members[room]
+        for other in others:
+            [echo] = await other.wait_for("userMessage", timeout=20)
+            assert echo == message
+        for member in members[room]:
+            [reply] = await member.wait_for("aiMessage", timeout=20)
+            assert room in reply["content"]
+            assert_clean_stream(member, reply)
+            assert {e["consultationId"] for _, e in member.events if isinstance(e, dict)} == {room}
+
+
+async def test_two_devices_on_two_instances_one_reply_at_a_time_gap_free_seqs(
+    cluster: Cluster, connect: Connect
+) -> None:
+    app_a, app_b = cluster.start_apps(2)
+    token = make_token("carol")
+    phone: ChatClient = await connect(app_a.url, token=token)
+    laptop: ChatClient = await connect(app_b.url, token=token)
+    watcher: ChatClient = await connect(app_b.url, token=make_token("op", role="operator"))
+    for client in (phone, laptop, watcher):
+        await client.join("race")
+
+    for round_ in range(3):
+        await asyncio.gather(
+            phone.send("race", f"phone {round_}"), laptop.send("race", f"laptop {round_}")
+        )
+    await watcher.wait_for("aiMessage", timeout=30)
+    await watcher.wait_quiet()
+    statuses = [d["status"] for d in watcher.of("aiThinking")]
+    assert statuses == ["processing", "done"] * (len(statuses) // 2), statuses
+    # Chunks of different replies never interleave.
+    order = [c["messageId"] for c in watcher.of("aiChunk")]
+    runs = [m for i, m in enumerate(order) if i == 0 or order[i - 1] != m]
+    assert len(runs) == len(set(runs)), "two replies streamed at the same time"
+    for reply in watcher.of("aiMessage"):
+        assert_clean_stream(watcher, reply)
+
+    history = (await watcher.join("race", lastSeq=0))["messages"]
+    assert [m["seq"] for m in history] == list(range(1, len(history) + 1))
+    assert sum(m["role"] == "user" for m in history) == 6
+    assert len({m["id"] for m in history}) == len(history)
+
+
+async def test_a_client_joining_mid_stream_on_another_instance_gets_the_partial_then_the_rest(
+    cluster: Cluster, connect: Connect
+) -> None:
+    app_a, app_b = cluster.start_apps(2, AI_MODELS="slow-60")
+    token = make_token("dave")
+    writer: ChatClient = await connect(app_a.url, token=token)
+    await writer.join("midway")
+    await writer.send("midway", "a question with a long answer of many words to stream")
+    await writer.wait_for("aiChunk", count=3, timeout=20)
+
+    late: ChatClient = await connect(app_b.url, token=token)
+    ack = await late.join("midway")
+    streaming = ack["streaming"]
+    assert streaming["index"] >= 2
+    assert streaming["content"]
+    [final] = await late.wait_for("aiMessage", timeout=30)
+    assert streaming["messageId"] == final["id"]
+    live = [c for c in late.of("aiChunk") if c["index"] > streaming["index"]]
+    assert [c["index"] for c in live] == list(
+        range(streaming["index"] + 1, streaming["index"] + 1 + len(live))
+    )
+    assert streaming["content"] + "".join(c["content"] for c in live) == final["content"]
+    [stored] = [m for m in (await late.join("midway"))["messages"] if m["role"] == "assistant"]
+    assert stored == final
+    assert "streaming" not in await late.join("midway")
+
+
+async def test_killing_the_streaming_instance_loses_no_stored_message(
+    cluster: Cluster, connect: Connect
+) -> None:
+    apps = cluster.start_apps(3, AI_MODELS="slow-50", AI_LOCK_TTL_SECONDS="2")
+    proxy = cluster.start_nginx()
+    token = make_token("erin")
+    client: ChatClient = await connect(proxy.url, token=token, reconnection=True)
+    await client.join("failover")
+    first = await client.send("failover", "first question")
+    [first_reply] = await client.wait_for("aiMessage", timeout=20)
+    await client.send("failover", "second question, answered while we pull the plug")
+    await client.wait_for("aiChunk", lambda c: c["messageId"] != first_reply["id"], count=2)
+
+    counts = [await asyncio.to_thread(app.connections) for app in apps]
+    streaming = apps[counts.index(1)]  # the reply runs where the sender is connected
+    streaming.kill()
+    reconnected = asyncio.Event()
+    client.sio.on("connect", reconnected.set, namespace="/chat")
+    async with asyncio.timeout(20):
+        await reconnected.wait()
+    survivors = [app for app in apps if app is not streaming]
+    assert sum([await asyncio.to_thread(app.connections) for app in survivors]) == 1
+
+    resumed = await client.join("failover", lastSeq=first_reply["seq"])
+    assert [m["content"] for m in resumed["messages"]] == [
+        "second question, answered while we pull the plug"
+    ]
+    assert "streaming" not in resumed or resumed["streaming"]["messageId"]
+    # The dead instance's lock expires: a new question is answered by a survivor.
+    third = await client.send("failover", "third question")
+    [third_reply] = await client.wait_for(
+        "aiMessage", lambda m: "third question" in m["content"], timeout=20
+    )
+    history = (await client.join("failover", lastSeq=0))["messages"]
+    seqs = [m["seq"] for m in history]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert first["id"] in {m["id"] for m in history}
+    assert third["id"] in {m["id"] for m in history}
+    assert history[-1] == third_reply
+
+
+async def test_redis_restart_local_service_continues_and_fanout_resumes(
+    cluster: Cluster, connect: Connect
+) -> None:
+    from tests.conftest import RedisServer
+    from tests.helpers import free_port
+
+    redis = RedisServer(free_port())
+    redis.start()
+    try:
+        app_a, app_b = cluster.start_apps(2, REDIS_URL=redis.url, AI_MODELS="good")
+        token = make_token("frank")
+        on_a: ChatClient = await connect(app_a.url, token=token)
+        on_b: ChatClient = await connect(app_b.url, token=token)
+        await on_a.join("outage")
+        await on_b.join("outage")
+        await on_a.send("outage", "before")
+        await on_b.wait_for("aiMessage", timeout=20)
+
+        redis.stop()
+        for app in (app_a, app_b):
+            for _ in range(50):
+                status, body = await asyncio.to_thread(app.readiness)
+                if status == 503:
+                    break
+                await asyncio.sleep(0.2)
+            assert status == 503, body
+            assert body["checks"]["coordination"] != "ok" or body["checks"]["fanout"] != "ok"
+        # Local clients keep being served, replies included.
+        during = await on_a.send("outage", "during the outage")
+        await on_a.wait_for("aiMessage", lambda m: "during the outage" in m["content"], timeout=20)
+        assert during["seq"] == 3
+
+        redis.start()  # same port, empty
+        async with asyncio.timeout(15):
+            for app in (app_a, app_b):
+                await asyncio.to_thread(app.wait_ready, 15)
+        after = await on_a.send("outage", "after the restart")  # the very first event after
+        [echo] = await on_b.wait_for("userMessage", lambda m: m["id"] == after["id"], timeout=10)
+        assert echo == after
+        await on_b.wait_for("aiMessage", lambda m: "after the restart" in m["content"], timeout=20)
+        history = (await on_b.join("outage", lastSeq=0))["messages"]
+        assert [m["seq"] for m in history] == list(range(1, len(history) + 1))
+        assert "during the outage" in [m["content"] for m in history]
+    finally:
+        redis.stop()

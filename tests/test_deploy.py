@@ -1,0 +1,92 @@
+"""The deployment files are valid and wired as README.md says."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from server.config import Settings
+from tests.cluster import nginx_binary, render_nginx_conf
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_CONF = (ROOT / "deploy" / "nginx.conf").read_text()
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    return loaded
+
+
+def location(name: str) -> str:
+    match = re.search(r"location " + re.escape(name) + r" \{(.*?)\n        \}", NGINX_CONF, re.S)
+    assert match, f"no location {name}"
+    return match.group(1)
+
+
+def test_rendered_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(render_nginx_conf(["127.0.0.1:1", "127.0.0.1:2"], "127.0.0.1:3"))
+    result = subprocess.run(
+        [nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_nginx_upstream_is_sticky_and_lists_the_compose_apps() -> None:
+    upstream = re.search(r"upstream consultation_app \{(.*?)\}", NGINX_CONF, re.S)
+    assert upstream
+    body = upstream.group(1)
+    assert re.search(r"^\s*(ip_hash|hash \S+ consistent);", body, re.M)
+    servers = re.findall(r"server (app\d+):8080", body)
+    app_services = [name for name in compose()["services"] if name.startswith("app")]
+    assert sorted(servers) == sorted(app_services)
+    assert len(servers) >= 2
+
+
+def test_socketio_location_upgrades_websockets_and_outlives_heartbeats() -> None:
+    socket_io = location("/socket.io/")
+    assert "proxy_set_header Upgrade $http_upgrade;" in socket_io
+    assert "proxy_set_header Connection $connection_upgrade;" in socket_io
+    assert "proxy_buffering off;" in socket_io
+    read_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", socket_io).group(1))  # type: ignore[union-attr]
+    defaults = Settings()
+    assert read_timeout > 2 * (defaults.ping_interval + defaults.ping_timeout)
+    assert "proxy_http_version 1.1;" in NGINX_CONF
+    for header in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Real-IP"):
+        assert f"proxy_set_header {header}" in NGINX_CONF
+    assert "proxy_pass http://consultation_app;" in location("/")
+
+
+def test_compose_wires_mongo_redis_apps_and_nginx() -> None:
+    services = compose()["services"]
+    assert services["mongo"]["image"].startswith("mongo:")
+    assert "healthcheck" in services["mongo"]
+    assert any("/data/db" in v for v in services["mongo"]["volumes"])
+    assert services["redis"]["image"].startswith("redis:")
+    apps = {name: spec for name, spec in services.items() if name.startswith("app")}
+    assert len(apps) >= 2
+    for spec in apps.values():
+        env = spec["environment"]
+        assert env["MONGODB_URL"].startswith("mongodb://mongo:")
+        assert env["REDIS_URL"].startswith("redis://redis:")
+        assert "JWT_SECRET" in env
+        assert env["HOST"] == "0.0.0.0"
+        assert spec["build"]["dockerfile"] == "Dockerfile"
+        assert spec["depends_on"]["mongo"]["condition"] == "service_healthy"
+    nginx = services["nginx"]
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+    assert len(nginx["ports"]) == 1
+    assert set(nginx["depends_on"]) >= set(apps)
+
+
+def test_the_dockerfile_runs_the_server_as_a_non_root_user() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert 'CMD ["python", "-m", "server"]' in dockerfile
+    assert re.search(r"^USER \w+", dockerfile, re.M)
+    assert "HEALTHCHECK" in dockerfile

@@ -45,7 +45,11 @@ def _serve(settings: Settings) -> int:
     log = logging.getLogger("server")
     for level, line in describe_mode(settings):
         log.log(level, line)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
     log.info("listening on http://%s:%s (Socket.IO namespace /chat)", settings.host, settings.port)
     web.run_app(
         app,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
@@ -12,11 +14,12 @@ from aiohttp import web
 from .ai.fallback import FallbackAssistant
 from .ai.offline import OfflineAssistant
 from .ai.openai_provider import OpenAIModel, make_client
-from .config import Settings
+from .config import ConfigError, Settings
 from .coordination.failover import FailoverCoordination
 from .coordination.memory import MemoryCoordination
 from .coordination.redis import RedisCoordination
 from .domain.consultations import ConsultationService, Limits
+from .domain.policies import Admission, ConnectionPolicy, Moderation, RateLimiter, RatePolicy
 from .domain.ports import Assistant, Coordination, Store
 from .domain.replies import ReplyService, ReplySettings
 from .errors import AppError
@@ -44,6 +47,7 @@ class Components:
     replies: ReplyService
     service: ConsultationService
     manager: ClusterRedisManager | None
+    admission: Admission
 
 
 COMPONENTS = web.AppKey("components", Components)
@@ -91,9 +95,21 @@ def create_app(
         replies,
         notifier,
         coordination,
-        Limits(
+        limits=Limits(
             max_message_chars=settings.max_message_chars,
             history_page_size=settings.history_page_size,
+        ),
+        rate_limiter=RateLimiter(
+            coordination,
+            RatePolicy(settings.rate_limit_messages, settings.rate_limit_window_seconds),
+        ),
+        moderation=_moderation(settings),
+    )
+    admission = Admission(
+        coordination,
+        ConnectionPolicy(
+            max_per_instance=settings.max_connections,
+            max_per_user=settings.max_connections_per_user,
         ),
     )
     authenticator = Authenticator(
@@ -102,7 +118,9 @@ def create_app(
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
     )
-    namespace = ChatNamespace(service, authenticator, parse_networks(settings.trusted_proxies))
+    namespace = ChatNamespace(
+        service, authenticator, admission, parse_networks(settings.trusted_proxies)
+    )
     sio.register_namespace(namespace)
 
     async def readiness() -> dict[str, str]:
@@ -114,7 +132,16 @@ def create_app(
 
     app = web.Application(middlewares=[cors_middleware(settings.allowed_origins)])
     components = Components(
-        settings, store, assistant, coordination, sio, namespace, replies, service, manager
+        settings,
+        store,
+        assistant,
+        coordination,
+        sio,
+        namespace,
+        replies,
+        service,
+        manager,
+        admission,
     )
     app[COMPONENTS] = components
     sio.attach(app)
@@ -135,12 +162,28 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await parts.store.start()
     if parts.manager is not None:
         parts.manager.start()
+    keeper = asyncio.create_task(_keep_presence(parts))
     yield
+    keeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await keeper
     if parts.manager is not None:
         await parts.manager.stop()
     await parts.assistant.close()
     await parts.coordination.close()
     await parts.store.close()
+
+
+async def _keep_presence(parts: Components) -> None:
+    """Refresh this instance's connections in the per-user presence sets: entries of a crashed
+    instance are no longer refreshed and expire."""
+    interval = parts.admission.policy.presence_ttl_seconds / 3
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await parts.admission.keep_alive(parts.namespace.presence())
+        except AppError as exc:
+            log.warning("could not refresh connection presence: %s", exc.message)
 
 
 async def _drain(app: web.Application) -> None:
@@ -207,6 +250,19 @@ async def _check(probe: Awaitable[None]) -> str:
     except AppError as exc:
         return exc.message
     return "ok"
+
+
+def _moderation(settings: Settings) -> Moderation:
+    path = settings.moderation_blocklist_file
+    if not path:
+        return Moderation()
+    try:
+        with open(path, encoding="utf-8") as blocklist:
+            moderation = Moderation.from_lines(blocklist)
+    except OSError as exc:
+        raise ConfigError(f"MODERATION_BLOCKLIST_FILE: cannot read {path}: {exc}") from exc
+    log.info("moderation: %d blocked terms from %s", moderation.size, path)
+    return moderation
 
 
 def _client_manager(settings: Settings) -> ClusterRedisManager | None:

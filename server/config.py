@@ -45,6 +45,11 @@ class Settings:
     cors_origins: tuple[str, ...] | None = None
     trusted_proxies: tuple[str, ...] = ()
     max_message_chars: int = 8000
+    rate_limit_messages: int = 20
+    rate_limit_window_seconds: float = 60.0
+    max_connections: int = 10_000
+    max_connections_per_user: int = 20
+    moderation_blocklist_file: str | None = None
     history_page_size: int = 50
     socketio_client_url: str = DEFAULT_SOCKETIO_CLIENT_URL
     ping_interval: float = 25.0
@@ -106,6 +111,17 @@ class Settings:
             max_message_chars=read.integer(
                 "MAX_MESSAGE_CHARS", defaults.max_message_chars, minimum=1
             ),
+            rate_limit_messages=read.integer(
+                "RATE_LIMIT_MESSAGES", defaults.rate_limit_messages, minimum=1
+            ),
+            rate_limit_window_seconds=read.number(
+                "RATE_LIMIT_WINDOW_SECONDS", defaults.rate_limit_window_seconds
+            ),
+            max_connections=read.integer("MAX_CONNECTIONS", defaults.max_connections, minimum=1),
+            max_connections_per_user=read.integer(
+                "MAX_CONNECTIONS_PER_USER", defaults.max_connections_per_user, minimum=1
+            ),
+            moderation_blocklist_file=read.optional("MODERATION_BLOCKLIST_FILE"),
             socketio_client_url=read.text("SOCKETIO_CLIENT_URL", defaults.socketio_client_url),
             ping_interval=read.number("PING_INTERVAL", defaults.ping_interval),
             ping_timeout=read.number("PING_TIMEOUT", defaults.ping_timeout),

@@ -26,7 +26,9 @@ class AppError(Exception):
         wire: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.retryable:
             wire["retryable"] = True
-        wire.update(self.details)
+        wire.update(self.details)  # may override retryable for one instance
+        if wire.get("retryable") is False:
+            del wire["retryable"]
         return wire
 
 
@@ -58,6 +60,28 @@ class NotJoined(AppError):
 class NotFound(AppError):
     code = "not_found"
     default_message = "Not found"
+
+
+class RateLimited(AppError):
+    code = "rate_limited"
+    retryable = True
+    default_message = "Too many messages, slow down"
+
+
+class ContentRejected(AppError):
+    code = "content_rejected"
+    default_message = "This message was rejected by the content policy"
+
+
+class TooManyConnections(AppError):
+    code = "too_many_connections"
+    retryable = True
+    default_message = "Too many connections"
+
+
+class TokenExpired(AppError):
+    code = "token_expired"
+    default_message = "The token has expired: reconnect with a fresh one"
 
 
 class StorageUnavailable(AppError):

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx2  # openai's HTTP stack: a stream that breaks mid-way raises its errors raw
 import openai
 from openai import AsyncOpenAI
 
@@ -44,15 +45,16 @@ class OpenAIModel:
                 stream = await self._client.chat.completions.create(
                     model=self.model, messages=messages, stream=True
                 )
-                async for chunk in stream:
-                    text = chunk.choices[0].delta.content if chunk.choices else None
-                    if not text:
-                        continue
-                    if not received_any:
-                        received_any = True
-                        first_token_deadline.reschedule(None)
-                    yield Delta(text=text, model=chunk.model or self.model)
-        except (openai.OpenAIError, TimeoutError, OSError) as exc:
+                async with stream:  # closes the HTTP response however the loop ends
+                    async for chunk in stream:
+                        text = chunk.choices[0].delta.content if chunk.choices else None
+                        if not text:
+                            continue
+                        if not received_any:
+                            received_any = True
+                            first_token_deadline.reschedule(None)
+                        yield Delta(text=text, model=chunk.model or self.model)
+        except (openai.OpenAIError, httpx2.HTTPError, TimeoutError, OSError) as exc:
             log.warning("model %s failed: %s: %s", self.model, type(exc).__name__, exc)
             if received_any:
                 raise ReplyInterrupted() from exc

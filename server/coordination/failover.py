@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from ..domain.ports import Coordination, Lock, Partial
+from ..domain.ports import Coordination, Lock, Partial, RateDecision
 from ..errors import CoordinationUnavailable
 from .memory import MemoryCoordination
 
@@ -101,6 +101,39 @@ class FailoverCoordination:
     async def clear_partial(self, name: str, message_id: str) -> None:
         await self._fallback.clear_partial(name, message_id)
         await self._either(lambda: self._primary.clear_partial(name, message_id), _none)
+
+    async def hit_rate(self, name: str, limit: int, window_seconds: float) -> RateDecision:
+        return await self._either(
+            lambda: self._primary.hit_rate(name, limit, window_seconds),
+            lambda: self._fallback.hit_rate(name, limit, window_seconds),
+        )
+
+    async def add_presence(self, name: str, member: str, limit: int, ttl_seconds: float) -> bool:
+        return await self._either(
+            lambda: self._primary.add_presence(name, member, limit, ttl_seconds),
+            lambda: self._fallback.add_presence(name, member, limit, ttl_seconds),
+        )
+
+    async def refresh_presence(
+        self, entries: Sequence[tuple[str, str]], ttl_seconds: float
+    ) -> None:
+        await self._fallback.refresh_presence(entries, ttl_seconds)
+        await self._either(lambda: self._primary.refresh_presence(entries, ttl_seconds), _none)
+
+    async def remove_presence(self, name: str, member: str) -> None:
+        await self._fallback.remove_presence(name, member)
+        await self._either(lambda: self._primary.remove_presence(name, member), _none)
+
+    async def request_stop(self, name: str, ttl_seconds: float) -> None:
+        await self._either(
+            lambda: self._primary.request_stop(name, ttl_seconds),
+            lambda: self._fallback.request_stop(name, ttl_seconds),
+        )
+
+    async def take_stop(self, name: str) -> bool:
+        local = await self._fallback.take_stop(name)
+        shared = await self._either(lambda: self._primary.take_stop(name), _false)
+        return local or shared
 
     async def ping(self) -> None:
         await self._primary.ping()

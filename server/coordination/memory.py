@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..domain.ports import Partial
+from ..domain.ports import Partial, RateDecision
+
+SWEEP_ABOVE = 10_000  # rate-limit windows kept before idle ones are swept
 
 
 class MemoryLock:
@@ -36,6 +40,9 @@ class MemoryCoordination:
         self._locks: dict[str, tuple[str, float]] = {}  # name -> (token, expires at)
         self._pending: set[str] = set()
         self._partials: dict[str, _Buffer] = {}
+        self._hits: dict[str, deque[float]] = {}
+        self._presence: dict[str, dict[str, float]] = {}  # name -> member -> expires at
+        self._stops: dict[str, float] = {}  # name -> expires at
 
     async def try_lock(self, name: str, ttl_seconds: float) -> MemoryLock | None:
         now = time.monotonic()
@@ -92,6 +99,55 @@ class MemoryCoordination:
         if buffer is not None and buffer.message_id == message_id:
             del self._partials[name]
 
+    async def hit_rate(self, name: str, limit: int, window_seconds: float) -> RateDecision:
+        now = time.monotonic()
+        hits = self._hits.setdefault(name, deque())
+        while hits and hits[0] <= now - window_seconds:
+            hits.popleft()
+        if len(hits) >= limit:
+            return RateDecision(False, len(hits), hits[0] + window_seconds - now)
+        hits.append(now)
+        if len(self._hits) > SWEEP_ABOVE:
+            self._sweep_hits(now, window_seconds)
+        return RateDecision(True, len(hits), 0.0)
+
+    def _sweep_hits(self, now: float, window_seconds: float) -> None:
+        for stale in [n for n, h in self._hits.items() if not h or h[-1] <= now - window_seconds]:
+            del self._hits[stale]
+
+    async def add_presence(self, name: str, member: str, limit: int, ttl_seconds: float) -> bool:
+        now = time.monotonic()
+        members = self._presence.setdefault(name, {})
+        for expired in [m for m, at in members.items() if at <= now]:
+            del members[expired]
+        if member not in members and len(members) >= limit:
+            return False
+        members[member] = now + ttl_seconds
+        return True
+
+    async def refresh_presence(
+        self, entries: Sequence[tuple[str, str]], ttl_seconds: float
+    ) -> None:
+        expires_at = time.monotonic() + ttl_seconds
+        for name, member in entries:
+            members = self._presence.get(name)
+            if members is not None and member in members:
+                members[member] = expires_at
+
+    async def remove_presence(self, name: str, member: str) -> None:
+        members = self._presence.get(name)
+        if members is not None:
+            members.pop(member, None)
+            if not members:
+                del self._presence[name]
+
+    async def request_stop(self, name: str, ttl_seconds: float) -> None:
+        self._stops[name] = time.monotonic() + ttl_seconds
+
+    async def take_stop(self, name: str) -> bool:
+        expires_at = self._stops.pop(name, None)
+        return expires_at is not None and expires_at > time.monotonic()
+
     async def ping(self) -> None:
         return None
 
@@ -99,6 +155,9 @@ class MemoryCoordination:
         self._locks.clear()
         self._pending.clear()
         self._partials.clear()
+        self._hits.clear()
+        self._presence.clear()
+        self._stops.clear()
 
     def _live_buffer(self, name: str) -> _Buffer | None:
         buffer = self._partials.get(name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from ..domain.ports import Partial
+from ..domain.ports import Partial, RateDecision
 from ..errors import CoordinationUnavailable
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,47 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return 1
 end
 return 0
+"""
+
+
+_HIT_RATE = """
+local key = KEYS[1]
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+if count >= limit then
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return {0, count, tostring(tonumber(oldest[2]) + window - now)}
+end
+redis.call('ZADD', key, now, ARGV[3])
+redis.call('PEXPIRE', key, math.ceil(window * 1000))
+return {1, count + 1, '0'}
+"""
+_ADD_PRESENCE = """
+local key = KEYS[1]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+if not redis.call('ZSCORE', key, ARGV[1]) and redis.call('ZCARD', key) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', key, now + ttl, ARGV[1])
+redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
+return 1
+"""
+_REFRESH_PRESENCE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
+end
+return 1
 """
 
 
@@ -149,6 +190,41 @@ class RedisCoordination:
 
     async def clear_partial(self, name: str, message_id: str) -> None:
         await self.run(_CLEAR_PARTIAL, [self._key("partial", name)], [message_id])
+
+    async def hit_rate(self, name: str, limit: int, window_seconds: float) -> RateDecision:
+        allowed, count, retry_after = await self.run(
+            _HIT_RATE, [self._key("rate", name)], [window_seconds, limit, uuid.uuid4().hex]
+        )
+        return RateDecision(bool(allowed), int(count), float(_text(retry_after)))
+
+    async def add_presence(self, name: str, member: str, limit: int, ttl_seconds: float) -> bool:
+        added = await self.run(
+            _ADD_PRESENCE, [self._key("presence", name)], [member, limit, ttl_seconds]
+        )
+        return bool(added)
+
+    async def refresh_presence(
+        self, entries: Sequence[tuple[str, str]], ttl_seconds: float
+    ) -> None:
+        for start in range(0, len(entries), 500):  # bounded script size
+            batch = entries[start : start + 500]
+            await self.run(
+                _REFRESH_PRESENCE,
+                [self._key("presence", name) for name, _ in batch],
+                [ttl_seconds, *(member for _, member in batch)],
+            )
+
+    async def remove_presence(self, name: str, member: str) -> None:
+        async with _translated():
+            await self._redis.zrem(self._key("presence", name), member)
+
+    async def request_stop(self, name: str, ttl_seconds: float) -> None:
+        async with _translated():
+            await self._redis.set(self._key("stop", name), "1", px=_ms(ttl_seconds))
+
+    async def take_stop(self, name: str) -> bool:
+        async with _translated():
+            return await self._redis.getdel(self._key("stop", name)) is not None
 
     async def ping(self) -> None:
         async with _translated():

@@ -16,6 +16,7 @@ from .models import (
     new_id,
     utcnow,
 )
+from .policies import Moderation, RateLimiter
 from .ports import Coordination, Notifier, Partial, Store
 from .replies import ReplyService
 
@@ -48,10 +49,15 @@ class ConsultationService:
         replies: ReplyService,
         notifier: Notifier,
         coordination: Coordination,
+        *,
         limits: Limits,
+        rate_limiter: RateLimiter,
+        moderation: Moderation | None = None,
     ) -> None:
         self._store = store
         self._coordination = coordination
+        self._rate_limiter = rate_limiter
+        self._moderation = moderation or Moderation()
         self._replies = replies
         self._notifier = notifier
         self.limits = limits
@@ -100,7 +106,9 @@ class ConsultationService:
         origin: str | None,
     ) -> Message:
         self._check_content(content)
-        message = await self._store.append(
+        self._moderation.check(content)
+        rate = await self._rate_limiter.hit(identity)
+        appended = await self._store.append(
             NewMessage(
                 id=new_id(),
                 key=consultation.key,
@@ -111,12 +119,21 @@ class ConsultationService:
                 client_message_id=client_message_id,
             )
         )
-        # Stored first, broadcast second: a message that failed to store is never broadcast.
-        await self._notifier.to_room(
-            consultation.key, "userMessage", message.to_wire(), skip=origin
-        )
-        self._replies.request(consultation.key)
-        return message
+        if appended.created:
+            # Stored first, broadcast second: a message that failed to store is never
+            # broadcast. A retried clientMessageId returns the original, broadcast once and
+            # answered once.
+            await self._notifier.to_room(
+                consultation.key, "userMessage", appended.message.to_wire(), skip=origin
+            )
+            self._replies.request(consultation.key)
+        warning = self._rate_limiter.warning(rate)
+        if warning is not None and origin is not None:
+            await self._notifier.to_connection(origin, "rateWarning", warning)
+        return appended.message
+
+    async def stop(self, consultation: Consultation) -> bool:
+        return await self._replies.stop(consultation.key)
 
     def _check_content(self, content: str) -> None:
         if not content.strip():
@@ -149,9 +166,25 @@ class ChatSession:
     async def send(
         self, consultation_id: str, content: str, client_message_id: str | None
     ) -> Message:
+        return await self.service.send(
+            self.identity, self._joined(consultation_id), content, client_message_id, self.origin
+        )
+
+    async def stop(self, consultation_id: str) -> bool:
+        """Stop the reply streaming in a joined consultation; True when one was running."""
+        return await self.service.stop(self._joined(consultation_id))
+
+    def refresh(self, identity: Identity) -> None:
+        """Adopt a fresh token's identity: it must be the same user of the same tenant."""
+        if (identity.tenant_id, identity.user_id) != (
+            self.identity.tenant_id,
+            self.identity.user_id,
+        ):
+            raise Forbidden("A refreshed token must be for the same user")
+        self.identity = identity
+
+    def _joined(self, consultation_id: str) -> Consultation:
         consultation = self.joined.get(consultation_id)
         if consultation is None:
             raise NotJoined()
-        return await self.service.send(
-            self.identity, consultation, content, client_message_id, self.origin
-        )
+        return consultation

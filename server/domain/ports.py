@@ -21,9 +21,19 @@ class ConsultationStore(Protocol):
     async def get(self, key: ConsultationKey) -> Consultation | None: ...
 
 
+@dataclass(frozen=True)
+class Appended:
+    message: Message
+    created: bool  # False: a message with the same clientMessageId was already stored
+
+
 class MessageStore(Protocol):
-    async def append(self, message: NewMessage) -> Message:
-        """Store the message with the next ``seq`` of its consultation (atomic, gap-free)."""
+    async def append(self, message: NewMessage) -> Appended:
+        """Store the message with the next ``seq`` of its consultation (atomic, gap-free).
+
+        A message whose ``client_message_id`` is already stored in its consultation is not
+        stored again: the stored one is returned with ``created=False``.
+        """
         ...
 
     async def recent(self, key: ConsultationKey, limit: int) -> list[Message]:
@@ -90,6 +100,13 @@ class Partial:
     index: int  # index of the last chunk included in ``content``; -1 before the first
 
 
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    count: int  # hits in the window, this one included when allowed
+    retry_after: float  # seconds until a hit would be allowed again (0 when allowed)
+
+
 class Coordination(Protocol):
     """What instances agree on, per consultation: the reply lock, pending-reply flags and the
     partial-reply buffer."""
@@ -116,6 +133,28 @@ class Coordination(Protocol):
 
     async def clear_partial(self, name: str, message_id: str) -> None: ...
 
+    async def hit_rate(self, name: str, limit: int, window_seconds: float) -> RateDecision:
+        """Count one hit in a sliding window, unless ``limit`` hits are already in it."""
+        ...
+
+    async def add_presence(self, name: str, member: str, limit: int, ttl_seconds: float) -> bool:
+        """Register a live connection under ``name``; False when ``limit`` are already live."""
+        ...
+
+    async def refresh_presence(
+        self, entries: Sequence[tuple[str, str]], ttl_seconds: float
+    ) -> None:
+        """Keep these (name, member) connections alive; the others expire (crashed instances)."""
+        ...
+
+    async def remove_presence(self, name: str, member: str) -> None: ...
+
+    async def request_stop(self, name: str, ttl_seconds: float) -> None: ...
+
+    async def take_stop(self, name: str) -> bool:
+        """Consume a stop request; True when there was one."""
+        ...
+
     async def ping(self) -> None:
         """Raise :class:`CoordinationUnavailable` when the backend cannot serve requests."""
         ...
@@ -129,3 +168,7 @@ class Notifier(Protocol):
     async def to_room(
         self, key: ConsultationKey, event: str, data: dict[str, Any], *, skip: str | None = None
     ) -> None: ...
+
+    async def to_connection(self, connection_id: str, event: str, data: dict[str, Any]) -> None:
+        """Deliver to one connection (wherever it is connected)."""
+        ...

@@ -2,17 +2,19 @@
 
 A stored user message *requests* a reply. The request marks the consultation pending and tries
 to take its reply lock; whoever holds the lock keeps answering while requests are pending, so
-messages sent during a reply are answered by the next one, with them in context. The lock and
-the pending flag live in the Coordination port, so this holds across instances.
+messages sent during a reply are answered by the next one, with them in context. The lock, the
+pending flag, the partial-reply buffer and stop requests live in the Coordination port, so all
+of this holds across instances.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import AppError, AssistantUnavailable, ReplyInterrupted
 from .models import (
@@ -28,12 +30,39 @@ from .ports import Assistant, Coordination, Lock, MessageStore, Notifier, ReplyR
 
 log = logging.getLogger(__name__)
 
+STOP_POLL_SECONDS = 0.2
+
 
 @dataclass(frozen=True)
 class ReplySettings:
     system_prompt: str
     context_messages: int = 10
     lock_ttl_seconds: float = 15.0
+
+
+@dataclass
+class _Draft:
+    """A reply while it streams."""
+
+    key: ConsultationKey
+    message_id: str
+    parts: list[str] = field(default_factory=list)
+    model: str | None = None
+    next_index: int = 0
+
+    @property
+    def content(self) -> str:
+        return "".join(self.parts)
+
+    def chunk(self, content: str, complete: bool) -> dict[str, object]:
+        index, self.next_index = self.next_index, self.next_index + 1
+        return {
+            "consultationId": self.key.consultation_id,
+            "messageId": self.message_id,
+            "index": index,
+            "content": content,
+            "isComplete": complete,
+        }
 
 
 class ReplyService:
@@ -52,11 +81,25 @@ class ReplyService:
         self._settings = settings
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def _buffer_ttl(self) -> float:
+        return self._settings.lock_ttl_seconds * 2
+
     def request(self, key: ConsultationKey) -> None:
         """Ask for a reply in the background; never blocks the caller's socket."""
         task = asyncio.create_task(self._serve(key), name=f"reply:{key.room}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def stop(self, key: ConsultationKey) -> bool:
+        """Ask whichever instance streams this consultation's reply to stop it, and drop the
+        replies still queued. True when a reply was streaming."""
+        name = key.room
+        streaming = await self._coordination.read_partial(name) is not None
+        await self._coordination.take_pending(name)
+        if streaming:
+            await self._coordination.request_stop(name, self._settings.lock_ttl_seconds)
+        return streaming
 
     async def wait_idle(self, grace_seconds: float) -> None:
         """Let running replies finish (used at shutdown), then cancel what is left."""
@@ -111,78 +154,94 @@ class ReplyService:
             await self._safe_emit(key, "aiThinking", {"consultationId": cid, "status": "done"})
 
     async def _stream_and_store(self, key: ConsultationKey, lock: Lock) -> None:
-        cid = key.consultation_id
+        name = key.room
+        await self._coordination.take_stop(name)  # a stop sent before this reply is not for it
         history = await self._store.recent(key, self._settings.context_messages)
         request = ReplyRequest(
             system_prompt=self._settings.system_prompt,
             turns=[Turn(m.author, m.content) for m in history],
         )
-        message_id = new_id()
-        name, buffer_ttl = key.room, self._settings.lock_ttl_seconds * 2
-        await self._coordination.start_partial(name, message_id, buffer_ttl)
-        parts: list[str] = []
-        model: str | None = None
-        index = 0
-        failure: AppError | None = None
+        draft = _Draft(key=key, message_id=new_id())
+        await self._coordination.start_partial(name, draft.message_id, self._buffer_ttl)
+        consumer = asyncio.create_task(self._consume(request, draft, lock))
+        stopped = await self._wait_unless_stopped(name, consumer)
+        failure = None if stopped else consumer.result()
+        await self._finish(draft, stopped, failure)
+
+    async def _consume(self, request: ReplyRequest, draft: _Draft, lock: Lock) -> AppError | None:
+        """Stream the reply into the room; return the failure that ended it, if any."""
+        key, name = draft.key, draft.key.room
         renewed_at = time.monotonic()
         try:
             async for delta in self._assistant.stream(request):
                 if not delta.text:
                     continue
-                model = delta.model
-                parts.append(delta.text)
+                draft.model = delta.model
+                draft.parts.append(delta.text)
                 # Buffer first, emit second: a client joining in between finds the chunk in
                 # the buffer (and drops the live copy by its index) instead of missing it.
-                await self._coordination.append_partial(name, message_id, delta.text, buffer_ttl)
-                await self._notifier.to_room(
-                    key, "aiChunk", _chunk(cid, message_id, index, delta.text, False)
+                await self._coordination.append_partial(
+                    name, draft.message_id, delta.text, self._buffer_ttl
                 )
-                index += 1
+                await self._notifier.to_room(key, "aiChunk", draft.chunk(delta.text, False))
                 if time.monotonic() - renewed_at > self._settings.lock_ttl_seconds / 3:
                     renewed_at = time.monotonic()
                     if not await lock.renew():
-                        log.warning("reply lock for %s was lost while streaming", key.room)
+                        log.warning("reply lock for %s was lost while streaming", name)
         except AssistantUnavailable as exc:
-            failure = exc
+            return exc
         except Exception:  # a provider bug must not lose what streamed
-            log.exception("assistant failed for %s", key.room)
-            failure = ReplyInterrupted() if parts else AssistantUnavailable()
-        content = "".join(parts)
-        if content:
-            await self._notifier.to_room(key, "aiChunk", _chunk(cid, message_id, index, "", True))
-            status = MessageStatus.COMPLETE if failure is None else MessageStatus.INCOMPLETE
-            try:
-                stored = await self._store_reply(key, message_id, content, model, status)
-            finally:
-                await self._coordination.clear_partial(name, message_id)
-            await self._notifier.to_room(key, "aiMessage", stored.to_wire())
-        else:
-            await self._coordination.clear_partial(name, message_id)
-            if failure is None:
+            log.exception("assistant failed for %s", name)
+            return ReplyInterrupted() if draft.parts else AssistantUnavailable()
+        return None
+
+    async def _wait_unless_stopped(
+        self, name: str, consumer: asyncio.Task[AppError | None]
+    ) -> bool:
+        """Wait for the stream to end; True when a stop request (from any instance) ended it."""
+        try:
+            while True:
+                done, _ = await asyncio.wait({consumer}, timeout=STOP_POLL_SECONDS)
+                if done:
+                    return False
+                if await self._coordination.take_stop(name):
+                    await _cancel(consumer)
+                    return True
+        except asyncio.CancelledError:  # shutting down: end the stream too
+            await _cancel(consumer)
+            raise
+
+    async def _finish(self, draft: _Draft, stopped: bool, failure: AppError | None) -> None:
+        key, name, content = draft.key, draft.key.room, draft.content
+        if not content:
+            await self._coordination.clear_partial(name, draft.message_id)
+            if failure is None and not stopped:
                 failure = AssistantUnavailable("The assistant returned an empty reply")
+        else:
+            await self._notifier.to_room(key, "aiChunk", draft.chunk("", True))
+            try:
+                stored = await self._store_reply(draft, _status(stopped, failure))
+            finally:
+                await self._coordination.clear_partial(name, draft.message_id)
+            await self._notifier.to_room(key, "aiMessage", stored.to_wire())
         if failure is not None:
+            cid = key.consultation_id
             await self._notifier.to_room(key, "error", {"consultationId": cid, **failure.to_wire()})
 
-    async def _store_reply(
-        self,
-        key: ConsultationKey,
-        message_id: str,
-        content: str,
-        model: str | None,
-        status: MessageStatus,
-    ) -> Message:
-        return await self._store.append(
+    async def _store_reply(self, draft: _Draft, status: MessageStatus) -> Message:
+        appended = await self._store.append(
             NewMessage(
-                id=message_id,
-                key=key,
+                id=draft.message_id,
+                key=draft.key,
                 author=Author.ASSISTANT,
                 user_id=None,
-                content=content,
+                content=draft.content,
                 created_at=utcnow(),
                 status=status,
-                model=model,
+                model=draft.model,
             )
         )
+        return appended.message
 
     async def _safe_emit(self, key: ConsultationKey, event: str, data: dict[str, object]) -> None:
         try:
@@ -191,13 +250,13 @@ class ReplyService:
             log.exception("could not emit %s to %s", event, key.room)
 
 
-def _chunk(
-    cid: str, message_id: str, index: int, content: str, complete: bool
-) -> dict[str, object]:
-    return {
-        "consultationId": cid,
-        "messageId": message_id,
-        "index": index,
-        "content": content,
-        "isComplete": complete,
-    }
+def _status(stopped: bool, failure: AppError | None) -> MessageStatus:
+    if stopped:
+        return MessageStatus.STOPPED
+    return MessageStatus.COMPLETE if failure is None else MessageStatus.INCOMPLETE
+
+
+async def _cancel(task: asyncio.Task[AppError | None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

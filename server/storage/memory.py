@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from ..domain.models import Consultation, ConsultationKey, Message, NewMessage, utcnow
+from ..domain.ports import Appended
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self._consultations: dict[ConsultationKey, Consultation] = {}
         self._messages: dict[ConsultationKey, list[Message]] = {}
+        self._by_client_id: dict[tuple[ConsultationKey, str], Message] = {}
 
     async def start(self) -> None:
         return None
@@ -30,12 +32,17 @@ class MemoryStore:
     async def get(self, key: ConsultationKey) -> Consultation | None:
         return self._consultations.get(key)
 
-    async def append(self, message: NewMessage) -> Message:
-        # No await between reading the length and appending: atomic on the event loop.
+    async def append(self, message: NewMessage) -> Appended:
+        # No await between reading and appending: atomic on the event loop.
+        client_key = (message.key, message.client_message_id or "")
+        if message.client_message_id is not None and client_key in self._by_client_id:
+            return Appended(self._by_client_id[client_key], created=False)
         log = self._messages.setdefault(message.key, [])
         stored = Message.stored(message, seq=len(log) + 1)
         log.append(stored)
-        return stored
+        if message.client_message_id is not None:
+            self._by_client_id[client_key] = stored
+        return Appended(stored, created=True)
 
     async def recent(self, key: ConsultationKey, limit: int) -> list[Message]:
         log = self._messages.get(key, [])

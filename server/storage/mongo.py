@@ -28,12 +28,14 @@ from ..domain.models import (
     NewMessage,
     utcnow,
 )
+from ..domain.ports import Appended
 from ..errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
 MAX_SEQ_ATTEMPTS = 100
 SEQ_INDEX = "tenant_consultation_seq"
+CLIENT_ID_INDEX = "tenant_consultation_client_message"
 
 Document = dict[str, Any]
 
@@ -65,6 +67,18 @@ class MongoStore:
                 [("tenantId", ASCENDING), ("consultationId", ASCENDING), ("seq", ASCENDING)],
                 unique=True,
                 name=SEQ_INDEX,
+            )
+            # Idempotent sends: a retried clientMessageId is refused by the database itself,
+            # even when two instances receive the retry at once.
+            await self._messages.create_index(
+                [
+                    ("tenantId", ASCENDING),
+                    ("consultationId", ASCENDING),
+                    ("clientMessageId", ASCENDING),
+                ],
+                unique=True,
+                name=CLIENT_ID_INDEX,
+                partialFilterExpression={"clientMessageId": {"$type": "string"}},
             )
 
     async def close(self) -> None:
@@ -99,20 +113,30 @@ class MongoStore:
             doc = await self._consultations.find_one(_key_query(key))
         return _consultation(doc) if doc else None
 
-    async def append(self, message: NewMessage) -> Message:
+    async def append(self, message: NewMessage) -> Appended:
         for attempt in range(MAX_SEQ_ATTEMPTS):
             seq = await self._last_seq(message.key) + 1
             try:
                 async with _translated("store message"):
                     await self._messages.insert_one(_message_doc(message, seq))
             except _Duplicate as dup:
+                if dup.index == CLIENT_ID_INDEX:
+                    return Appended(await self._by_client_id(message), created=False)
                 if dup.index != SEQ_INDEX:
                     raise StorageUnavailable("The message conflicts with a stored one") from dup
                 # Another writer took this seq; back off a little to spread retries.
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
-            return Message.stored(message, seq)
+            return Appended(Message.stored(message, seq), created=True)
         raise StorageUnavailable("Too much contention allocating a message sequence number")
+
+    async def _by_client_id(self, message: NewMessage) -> Message:
+        query = {**_key_query(message.key), "clientMessageId": message.client_message_id}
+        async with _translated("read message"):
+            doc = await self._messages.find_one(query)
+        if doc is None:  # the index said it exists: only a concurrent delete could do this
+            raise StorageUnavailable("The retried message could not be read back")
+        return _message(doc)
 
     async def recent(self, key: ConsultationKey, limit: int) -> list[Message]:
         if limit <= 0:

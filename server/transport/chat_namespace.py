@@ -2,24 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import socketio
 
 from ..domain.consultations import ChatSession, ConsultationService
-from ..domain.models import ConsultationKey
-from ..errors import AppError, UnknownEvent
+from ..domain.models import ConsultationKey, Identity, iso
+from ..domain.policies import Admission
+from ..errors import AppError, TokenExpired, UnknownEvent
 from .acks import Ack, acknowledged, failed, ok
 from .auth import Authenticator, token_from_handshake
 from .net import Network, handshake_address
-from .schemas import JoinConsultation, LeaveConsultation, SendMessage
+from .schemas import (
+    JoinConsultation,
+    LeaveConsultation,
+    RefreshToken,
+    SendMessage,
+    StopGeneration,
+)
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "/chat"
-CLIENT_EVENTS = frozenset({"joinConsultation", "sendMessage", "leaveConsultation"})
+CLIENT_EVENTS = frozenset(
+    {"joinConsultation", "sendMessage", "leaveConsultation", "stopGeneration", "refreshToken"}
+)
 
 
 class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
@@ -27,23 +38,29 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self,
         service: ConsultationService,
         authenticator: Authenticator,
+        admission: Admission,
         trusted_proxies: Sequence[Network] = (),
     ) -> None:
         super().__init__(NAMESPACE)
         self._service = service
         self._auth = authenticator
+        self._admission = admission
         self._proxies = tuple(trusted_proxies)
         self._sessions: dict[str, ChatSession] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         try:
             identity = self._auth.identify(token_from_handshake(environ, auth))
+            await self._admission.admit(identity, sid, len(self._sessions))
         except AppError as exc:
             # Two arguments: socket.io-client then sees err.message and err.data.code.
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_wire()) from None
         self._sessions[sid] = ChatSession(identity, self._service, origin=sid)
+        self._schedule_expiry(sid, identity)
         log.info(
             "connected %s as %s/%s from %s",
             sid,
@@ -53,7 +70,36 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         )
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
-        self._sessions.pop(sid, None)
+        session = self._sessions.pop(sid, None)
+        timer = self._expiry.pop(sid, None)
+        if timer is not None:
+            timer.cancel()
+        if session is not None:
+            try:
+                await self._admission.release(session.identity, sid)
+            except AppError as exc:  # the presence entry expires by itself
+                log.warning("could not release the connection of %s: %s", sid, exc.message)
+
+    def _schedule_expiry(self, sid: str, identity: Identity) -> None:
+        """Disconnect the socket when its token expires, unless refreshToken comes first."""
+        previous = self._expiry.pop(sid, None)
+        if previous is not None:
+            previous.cancel()
+        if identity.expires_at is None:
+            return
+        delay = max(0.0, identity.expires_at.timestamp() - time.time())
+        self._expiry[sid] = asyncio.get_running_loop().call_later(delay, self._on_expiry, sid)
+
+    def _on_expiry(self, sid: str) -> None:
+        task = asyncio.ensure_future(self._expire(sid))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, sid: str) -> None:
+        self._expiry.pop(sid, None)
+        if sid in self._sessions:
+            await self.emit_error(sid, TokenExpired().to_wire())
+            await self.disconnect(sid)
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
         if event in CLIENT_EVENTS or self._is_lifecycle(event, args):
@@ -111,6 +157,24 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if key is not None:
             await self.leave_room(sid, key.room)
         return ok(left=key is not None)
+
+    @acknowledged
+    async def on_stopGeneration(self, sid: str, session: ChatSession, data: Any) -> Ack:
+        command = StopGeneration.parse(data)
+        return ok(stopping=await session.stop(command.consultationId))
+
+    @acknowledged
+    async def on_refreshToken(self, sid: str, session: ChatSession, data: Any) -> Ack:
+        command = RefreshToken.parse(data)
+        identity = self._auth.identify(command.token)
+        session.refresh(identity)
+        self._schedule_expiry(sid, identity)
+        expires_at = identity.expires_at
+        return ok(expiresAt=iso(expires_at) if expires_at else None)
+
+    def presence(self) -> list[tuple[Identity, str]]:
+        """Every live connection of this instance, to keep their presence entries alive."""
+        return [(session.identity, sid) for sid, session in self._sessions.items()]
 
     # -- helpers used by the ack decorator -------------------------------------------------
 

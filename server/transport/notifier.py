@@ -18,3 +18,6 @@ class SocketIONotifier:
         self, key: ConsultationKey, event: str, data: dict[str, Any], *, skip: str | None = None
     ) -> None:
         await self._sio.emit(event, data, room=key.room, namespace=self._namespace, skip_sid=skip)
+
+    async def to_connection(self, connection_id: str, event: str, data: dict[str, Any]) -> None:
+        await self._sio.emit(event, data, to=connection_id, namespace=self._namespace)

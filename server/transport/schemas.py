@@ -64,3 +64,11 @@ def _json_type(value: Any) -> str:
         list: "array",
     }
     return names.get(type(value), type(value).__name__)
+
+
+class StopGeneration(Payload):
+    consultationId: ConsultationId
+
+
+class RefreshToken(Payload):
+    token: Annotated[StrictStr, Field(min_length=1, max_length=8192)]

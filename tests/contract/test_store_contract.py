@@ -79,9 +79,9 @@ async def test_concurrent_get_or_create_agrees_on_one_owner(store: Store) -> Non
 
 async def test_append_allocates_consecutive_seqs_per_consultation(store: Store) -> None:
     other = ConsultationKey("tenant-a", "c-2")
-    seqs = [(await store.append(draft())).seq for _ in range(3)]
+    seqs = [(await store.append(draft())).message.seq for _ in range(3)]
     assert seqs == [1, 2, 3]
-    assert (await store.append(draft(other))).seq == 1
+    assert (await store.append(draft(other))).message.seq == 1
 
 
 async def test_message_round_trips_every_field(store: Store) -> None:
@@ -93,7 +93,7 @@ async def test_message_round_trips_every_field(store: Store) -> None:
         model="m-1",
         client_message_id="cm-1",
     )
-    stored = await store.append(sent)
+    stored = (await store.append(sent)).message
     [read] = await store.recent(KEY, 10)
     assert read == stored
     assert read.status is MessageStatus.INCOMPLETE
@@ -102,7 +102,9 @@ async def test_message_round_trips_every_field(store: Store) -> None:
 
 
 async def test_concurrent_appends_are_gap_free_and_unique(store: Store) -> None:
-    stored = await asyncio.gather(*(store.append(draft(content=f"m{i}")) for i in range(40)))
+    appended = await asyncio.gather(*(store.append(draft(content=f"m{i}")) for i in range(40)))
+    stored = [a.message for a in appended]
+    assert all(a.created for a in appended)
     assert sorted(m.seq for m in stored) == list(range(1, 41))
     read = await store.after(KEY, 0, 100)
     assert [m.seq for m in read] == list(range(1, 41))
@@ -129,3 +131,25 @@ async def test_after_returns_messages_past_a_seq_with_a_limit(store: Store) -> N
 
 async def test_ping_succeeds_when_the_store_is_up(store: Store) -> None:
     await store.ping()
+
+
+async def test_a_retried_client_message_id_returns_the_stored_message(store: Store) -> None:
+    first = await store.append(draft(content="once", client_message_id="cm-1"))
+    retry = await store.append(draft(content="once (retry)", client_message_id="cm-1"))
+    assert first.created is True and retry.created is False
+    assert retry.message == first.message
+    other_consultation = await store.append(
+        draft(ConsultationKey("tenant-a", "c-2"), client_message_id="cm-1")
+    )
+    assert other_consultation.created is True  # ids are scoped to their consultation
+    assert [m.content for m in await store.after(KEY, 0, 10)] == ["once"]
+
+
+async def test_concurrent_retries_store_one_message_and_keep_seqs_gap_free(store: Store) -> None:
+    attempts = [draft(content=f"m{i % 5}", client_message_id=f"cm-{i % 5}") for i in range(25)]
+    results = await asyncio.gather(*(store.append(a) for a in attempts))
+    assert sum(r.created for r in results) == 5
+    stored = await store.after(KEY, 0, 100)
+    assert [m.seq for m in stored] == [1, 2, 3, 4, 5]
+    for result in results:
+        assert result.message in stored

@@ -180,7 +180,7 @@ async def test_rejoining_with_last_seq_returns_exactly_the_missed_messages(
 async def test_join_returns_the_last_50_messages(
     start_server: StartServer, connect: Connect
 ) -> None:
-    server = await start_server(ai_models=("fail-500",))
+    server = await start_server(ai_models=("fail-500",), rate_limit_messages=100)
     client: ChatClient = await connect(server.url)
     await client.join("long")
     for i in range(55):

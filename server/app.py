@@ -192,11 +192,23 @@ async def _drain(app: web.Application) -> None:
     otherwise hold the shutdown for aiohttp's whole handler timeout."""
     parts = app[COMPONENTS]
     await parts.replies.wait_idle(SHUTDOWN_GRACE_SECONDS)
-    # Close at the Engine.IO level: socket.io-client reconnects after a transport close, but
-    # not after a Socket.IO "server disconnect". (eio.disconnect() fails on zero sockets.)
-    if parts.sio.eio.sockets:
-        await parts.sio.eio.disconnect()
+    await _close_sockets(parts.sio)
     await parts.sio.shutdown()
+
+
+async def _close_sockets(sio: socketio.AsyncServer) -> None:
+    """Close every Engine.IO socket: socket.io-client reconnects after a transport close, but
+    not after a Socket.IO "server disconnect". ``eio.disconnect()`` is not used: it waits for
+    each socket's queue to drain, forever for a client that has just gone away."""
+    sockets = list(sio.eio.sockets.values())
+    if not sockets:
+        return
+    reason = sio.eio.reason.SERVER_DISCONNECT
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2):
+            await asyncio.gather(
+                *(s.close(wait=False, reason=reason) for s in sockets), return_exceptions=True
+            )
 
 
 def describe_mode(settings: Settings) -> list[tuple[int, str]]:

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 class MongoServer:
     port: int
     process: subprocess.Popen[bytes] | None = None
+    storage_path: str = ":memory:"  # a directory keeps data across restarts
 
     @property
     def url(self) -> str:
@@ -53,7 +54,7 @@ class MongoServer:
                 "--port",
                 str(self.port),
                 "--storage-path",
-                ":memory:",
+                self.storage_path,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ import aiohttp
 import socketio
 
 NAMESPACE = "/chat"
-SERVER_EVENTS = ("userMessage", "aiThinking", "aiChunk", "aiMessage", "error")
+SERVER_EVENTS = ("userMessage", "aiThinking", "aiChunk", "aiMessage", "error", "rateWarning")
 
 
 def free_port() -> int:

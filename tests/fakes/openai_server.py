@@ -6,6 +6,7 @@ It stands in for the paid LLM API only; the server under test talks to it throug
 - ``fail-<status>``: answer that HTTP status with an OpenAI-style error body;
 - ``drop-after-<n>``: stream ``n`` content chunks, then cut the connection;
 - ``hang``: accept the request and never answer;
+- ``stall-after-<n>``: stream ``n`` content chunks, then send nothing more;
 - ``slow-<ms>``: a normal reply with ``ms`` milliseconds between tokens;
 - anything else: a normal reply with ``token_delay`` between tokens.
 
@@ -44,7 +45,7 @@ class FakeOpenAI:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=1)  # "hang" handlers never end
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -76,12 +77,13 @@ class FakeOpenAI:
         delay = self.token_delay
         if match := re.fullmatch(r"slow-(\d+)", model):
             delay = int(match.group(1)) / 1000
-        drop_after = None
+        drop_after = stall_after = None
         if match := re.fullmatch(r"drop-after-(\d+)", model):
             drop_after = int(match.group(1))
-        return await self._stream(
-            request, model, tokens_of(reply_for(body["messages"])), delay, drop_after
-        )
+        if match := re.fullmatch(r"stall-after-(\d+)", model):
+            stall_after = int(match.group(1))
+        tokens = tokens_of(reply_for(body["messages"]))
+        return await self._stream(request, model, tokens, delay, drop_after, stall_after)
 
     async def _stream(
         self,
@@ -90,6 +92,7 @@ class FakeOpenAI:
         tokens: list[str],
         delay: float,
         drop_after: int | None,
+        stall_after: int | None = None,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -111,6 +114,8 @@ class FakeOpenAI:
                 assert request.transport is not None
                 request.transport.abort()  # the provider dies mid-stream
                 return response
+            if stall_after is not None and index == stall_after:
+                await asyncio.sleep(3600)  # the provider goes silent mid-stream
             if delay:
                 await asyncio.sleep(delay)
             await send({"content": token})

@@ -30,6 +30,7 @@ from .transport.net import parse_networks
 from .transport.notifier import SocketIONotifier
 from .transport.redis_manager import ClusterRedisManager
 from .transport.rest import Routes, cors_middleware
+from .transport.sio import close_sockets, create_server
 
 log = logging.getLogger("server")
 
@@ -64,20 +65,7 @@ def create_app(
     assistant = assistant or _assistant(settings)
     manager = _client_manager(settings)
     coordination = coordination or _coordination(settings)
-    sio = socketio.AsyncServer(
-        async_mode="aiohttp",
-        client_manager=manager,
-        cors_allowed_origins=settings.allowed_origins,
-        # Events of one socket run in the order they were sent (a send emitted right after a
-        # join must find the join done); AI replies run as their own tasks, so nothing slow
-        # holds a socket.
-        async_handlers=False,
-        ping_interval=settings.ping_interval,
-        ping_timeout=settings.ping_timeout,
-        max_http_buffer_size=settings.max_http_buffer_size,
-        logger=False,
-        engineio_logger=False,
-    )
+    sio = create_server(settings, manager)
     notifier = SocketIONotifier(sio, NAMESPACE)
     replies = ReplyService(
         store,
@@ -192,23 +180,8 @@ async def _drain(app: web.Application) -> None:
     otherwise hold the shutdown for aiohttp's whole handler timeout."""
     parts = app[COMPONENTS]
     await parts.replies.wait_idle(SHUTDOWN_GRACE_SECONDS)
-    await _close_sockets(parts.sio)
+    await close_sockets(parts.sio)
     await parts.sio.shutdown()
-
-
-async def _close_sockets(sio: socketio.AsyncServer) -> None:
-    """Close every Engine.IO socket: socket.io-client reconnects after a transport close, but
-    not after a Socket.IO "server disconnect". ``eio.disconnect()`` is not used: it waits for
-    each socket's queue to drain, forever for a client that has just gone away."""
-    sockets = list(sio.eio.sockets.values())
-    if not sockets:
-        return
-    reason = sio.eio.reason.SERVER_DISCONNECT
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(2):
-            await asyncio.gather(
-                *(s.close(wait=False, reason=reason) for s in sockets), return_exceptions=True
-            )
 
 
 def describe_mode(settings: Settings) -> list[tuple[int, str]]:

@@ -55,6 +55,7 @@ class Settings:
     ping_interval: float = 25.0
     ping_timeout: float = 20.0
     max_http_buffer_size: int = 1_000_000
+    ws_compression: bool = False
     log_level: str = "INFO"
 
     @property
@@ -128,6 +129,7 @@ class Settings:
             max_http_buffer_size=read.integer(
                 "MAX_HTTP_BUFFER_SIZE", defaults.max_http_buffer_size, minimum=1024
             ),
+            ws_compression=read.flag("WS_COMPRESSION", defaults.ws_compression),
             log_level=read.text("LOG_LEVEL", defaults.log_level).upper(),
         )
 
@@ -168,6 +170,16 @@ class _Reader:
         if value < minimum:
             raise ConfigError(f"{name} must be >= {minimum}, got {value}")
         return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.optional(name)
+        if raw is None:
+            return default
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
     def networks(self, name: str) -> tuple[str, ...]:
         items = self.items(name) or ()

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import socketio
 
 from tests.cluster import http_json
 from tests.conftest import Cluster, make_token
@@ -241,3 +242,61 @@ async def test_redis_restart_local_service_continues_and_fanout_resumes(
         assert "during the outage" in [m["content"] for m in history]
     finally:
         redis.stop()
+
+
+async def test_stop_generation_on_one_instance_stops_the_reply_streaming_on_another(
+    cluster: Cluster, connect: Connect
+) -> None:
+    app_a, app_b = cluster.start_apps(2, AI_MODELS="slow-80")
+    token = make_token("gus")
+    writer: ChatClient = await connect(app_a.url, token=token)
+    stopper: ChatClient = await connect(app_b.url, token=make_token("op", role="operator"))
+    await writer.join("stop-remote")
+    await stopper.join("stop-remote")
+    await writer.send("stop-remote", "please write me a really long answer with many words")
+    await stopper.wait_for("aiChunk", count=3, timeout=20)
+    ack = await stopper.call("stopGeneration", {"consultationId": "stop-remote"})
+    assert ack == {"ok": True, "stopping": True}
+    for client in (writer, stopper):
+        [message] = await client.wait_for("aiMessage", timeout=10)
+        await client.wait_reply_done()
+        assert message["status"] == "stopped"
+        assert_clean_stream(client, message)
+    [stored] = [
+        m for m in (await stopper.join("stop-remote"))["messages"] if m["role"] == "assistant"
+    ]
+    assert stored["status"] == "stopped"
+    assert len(stored["content"].split()) < len(
+        ["Echo:", "please", "write", "me", "a", "really", "long", "answer", "with", "many", "words"]
+    )
+
+
+async def test_rate_limit_and_connection_limit_hold_across_instances(
+    cluster: Cluster, connect: Connect
+) -> None:
+    app_a, app_b = cluster.start_apps(
+        2,
+        AI_MODELS="fail-500",
+        RATE_LIMIT_MESSAGES="4",
+        RATE_LIMIT_WINDOW_SECONDS="30",
+        MAX_CONNECTIONS_PER_USER="2",
+    )
+    token = make_token("hal")
+    on_a: ChatClient = await connect(app_a.url, token=token)
+    on_b: ChatClient = await connect(app_b.url, token=token)
+    for client in (on_a, on_b):
+        await client.join("limited")
+    for i in range(4):
+        await (on_a if i % 2 else on_b).send("limited", f"m{i}")
+    for client in (on_a, on_b):
+        refused = await client.call("sendMessage", {"consultationId": "limited", "content": "x"})
+        assert refused["error"]["code"] == "rate_limited"
+
+    third = ChatClient(app_a.url, token=token)  # one on A and one on B already
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await third.connect()
+    assert third.connect_error["data"]["code"] == "too_many_connections"
+    await on_b.disconnect()
+    await asyncio.sleep(0.3)
+    again: ChatClient = await connect(app_a.url, token=token)  # B's slot is free cluster-wide
+    assert again.sio.connected

@@ -83,13 +83,16 @@ class FakeOpenAI:
         if match := re.fullmatch(r"stall-after-(\d+)", model):
             stall_after = int(match.group(1))
         tokens = tokens_of(reply_for(body["messages"]))
-        return await self._stream(request, model, tokens, delay, drop_after, stall_after)
+        return await self._stream(
+            request, model, tokens, delay=delay, drop_after=drop_after, stall_after=stall_after
+        )
 
     async def _stream(
         self,
         request: web.Request,
         model: str,
         tokens: list[str],
+        *,
         delay: float,
         drop_after: int | None,
         stall_after: int | None = None,

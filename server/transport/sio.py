@@ -1,0 +1,109 @@
+"""The Socket.IO server, built from settings, hardened at the protocol edge.
+
+- A peer that sends an undecodable Socket.IO packet is disconnected with one warning, as the
+  reference server does on a parse error (python-socketio would log a traceback per packet and
+  keep the peer).
+- WebSocket frames that are not Engine.IO packets close the peer before Engine.IO parses them.
+- permessage-deflate is configurable and off by default (python-engineio turns it on, and every
+  browser asks for it: it costs CPU and ~90 KB of memory per connection for small chat frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import socketio
+from aiohttp.web import WebSocketResponse
+from engineio.async_drivers.aiohttp import WebSocket as DriverWebSocket
+
+from ..config import Settings
+
+log = logging.getLogger(__name__)
+
+ENGINEIO_PACKET_TYPES = frozenset("0123456")
+
+
+class ChatServer(socketio.AsyncServer):  # type: ignore[misc]
+    protocol_errors = 0
+
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+        socket = self.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed or socket.closing:
+            return  # frames still in flight from a peer we closed
+        try:
+            await super()._handle_eio_message(eio_sid, data)
+        except Exception as exc:
+            # Our own handlers answer every error themselves (acks.py): what arrives here is
+            # a packet python-socketio could not decode.
+            self.protocol_errors += 1
+            log.warning(
+                "closing %s: malformed Socket.IO packet (%s: %s)",
+                eio_sid,
+                type(exc).__name__,
+                str(exc)[:120],
+            )
+            await close_sockets(self, [eio_sid])
+
+
+def websocket_class(compression: bool) -> type[DriverWebSocket]:
+    class TunedWebSocket(DriverWebSocket):  # type: ignore[misc]
+        async def __call__(self, environ: dict[str, Any]) -> WebSocketResponse:
+            # The driver's own __call__, with compression as configured.
+            request = environ["aiohttp.request"]
+            self._sock = WebSocketResponse(
+                max_msg_size=self.server.max_http_buffer_size, compress=compression
+            )
+            await self._sock.prepare(request)
+            self.environ = environ
+            await self.handler(self)
+            return self._sock
+
+        async def wait(self) -> str | bytes:
+            data: str | bytes = await super().wait()
+            if isinstance(data, str) and (not data or data[0] not in ENGINEIO_PACKET_TYPES):
+                raise OSError("not an Engine.IO packet")  # Engine.IO closes the socket
+            return data
+
+    return TunedWebSocket
+
+
+def create_server(settings: Settings, client_manager: Any = None) -> ChatServer:
+    server = ChatServer(
+        async_mode="aiohttp",
+        client_manager=client_manager,
+        cors_allowed_origins=settings.allowed_origins,
+        # Events of one socket run in the order they were sent (a send emitted right after a
+        # join must find the join done); AI replies run as their own tasks, so nothing slow
+        # holds a socket.
+        async_handlers=False,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        max_http_buffer_size=settings.max_http_buffer_size,
+        logger=False,
+        engineio_logger=False,
+    )
+    # The aiohttp driver's WebSocket wrapper is python-engineio's hook for this.
+    server.eio._async = {
+        **server.eio._async,
+        "websocket": websocket_class(settings.ws_compression),
+    }
+    return server
+
+
+async def close_sockets(server: socketio.AsyncServer, eio_sids: list[str] | None = None) -> None:
+    """Close Engine.IO sockets (all by default): socket.io-client reconnects after a transport
+    close, not after a Socket.IO "server disconnect". ``eio.disconnect()`` is not used: it
+    waits for each socket's queue to drain, forever for a client that has just gone away."""
+    sids = list(server.eio.sockets) if eio_sids is None else eio_sids
+    sockets = [s for sid in sids if (s := server.eio.sockets.get(sid)) is not None]
+    if not sockets:
+        return
+    reason = server.eio.reason.SERVER_DISCONNECT
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2):
+            await asyncio.gather(
+                *(s.close(wait=False, reason=reason) for s in sockets), return_exceptions=True
+            )

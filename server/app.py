@@ -26,6 +26,7 @@ from .errors import AppError
 from .storage.memory import MemoryStore
 from .transport.auth import Authenticator
 from .transport.chat_namespace import NAMESPACE, ChatNamespace
+from .transport.fanout import LeanManager
 from .transport.net import parse_networks
 from .transport.notifier import SocketIONotifier
 from .transport.redis_manager import ClusterRedisManager
@@ -47,7 +48,7 @@ class Components:
     namespace: ChatNamespace
     replies: ReplyService
     service: ConsultationService
-    manager: ClusterRedisManager | None
+    manager: LeanManager | ClusterRedisManager
     admission: Admission
 
 
@@ -76,6 +77,8 @@ def create_app(
             system_prompt=settings.ai_system_prompt,
             context_messages=settings.ai_context_messages,
             lock_ttl_seconds=settings.ai_lock_ttl_seconds,
+            enabled=settings.ai_replies,
+            chunk_flush_seconds=settings.ai_chunk_flush_ms / 1000,
         ),
     )
     service = ConsultationService(
@@ -113,7 +116,7 @@ def create_app(
 
     async def readiness() -> dict[str, str]:
         checks = {"storage": await _check(store.ping())}
-        if manager is not None:
+        if isinstance(manager, ClusterRedisManager):
             checks["coordination"] = await _check(coordination.ping())
             checks["fanout"] = manager.fanout_state()
         return checks
@@ -148,14 +151,14 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     parts = app[COMPONENTS]
     await parts.store.start()
-    if parts.manager is not None:
+    if isinstance(parts.manager, ClusterRedisManager):
         parts.manager.start()
     keeper = asyncio.create_task(_keep_presence(parts))
     yield
     keeper.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await keeper
-    if parts.manager is not None:
+    if isinstance(parts.manager, ClusterRedisManager):
         await parts.manager.stop()
     await parts.assistant.close()
     await parts.coordination.close()
@@ -250,9 +253,9 @@ def _moderation(settings: Settings) -> Moderation:
     return moderation
 
 
-def _client_manager(settings: Settings) -> ClusterRedisManager | None:
+def _client_manager(settings: Settings) -> LeanManager | ClusterRedisManager:
     if not settings.redis_url:
-        return None  # python-socketio's in-process manager
+        return LeanManager()
     return ClusterRedisManager(settings.redis_url, channel=settings.redis_prefix)
 
 

@@ -36,11 +36,13 @@ class Settings:
     openai_api_key: str | None = field(default=None, repr=False)
     openai_base_url: str | None = None
     ai_models: tuple[str, ...] = ("gpt-4o-mini",)
+    ai_replies: bool = True
     ai_system_prompt: str = DEFAULT_SYSTEM_PROMPT
     ai_context_messages: int = 10
     ai_timeout_seconds: float = 60.0
     ai_first_token_timeout_seconds: float = 20.0
     ai_lock_ttl_seconds: float = 15.0
+    ai_chunk_flush_ms: int = 40
     offline_word_delay_seconds: float = 0.04
     cors_origins: tuple[str, ...] | None = None
     trusted_proxies: tuple[str, ...] = ()
@@ -56,6 +58,7 @@ class Settings:
     ping_timeout: float = 20.0
     max_http_buffer_size: int = 1_000_000
     ws_compression: bool = False
+    gc_tuning: bool = True
     log_level: str = "INFO"
 
     @property
@@ -95,6 +98,7 @@ class Settings:
             openai_api_key=read.optional("OPENAI_API_KEY"),
             openai_base_url=read.optional("OPENAI_BASE_URL"),
             ai_models=read.items("AI_MODELS") or defaults.ai_models,
+            ai_replies=read.flag("AI_REPLIES", defaults.ai_replies),
             ai_system_prompt=read.text("AI_SYSTEM_PROMPT", defaults.ai_system_prompt),
             ai_context_messages=read.integer(
                 "AI_CONTEXT_MESSAGES", defaults.ai_context_messages, minimum=1
@@ -104,6 +108,9 @@ class Settings:
                 "AI_FIRST_TOKEN_TIMEOUT_SECONDS", defaults.ai_first_token_timeout_seconds
             ),
             ai_lock_ttl_seconds=read.number("AI_LOCK_TTL_SECONDS", defaults.ai_lock_ttl_seconds),
+            ai_chunk_flush_ms=read.integer(
+                "AI_CHUNK_FLUSH_MS", defaults.ai_chunk_flush_ms, minimum=0
+            ),
             offline_word_delay_seconds=read.number(
                 "OFFLINE_WORD_DELAY_SECONDS", defaults.offline_word_delay_seconds, minimum=0.0
             ),
@@ -130,6 +137,7 @@ class Settings:
                 "MAX_HTTP_BUFFER_SIZE", defaults.max_http_buffer_size, minimum=1024
             ),
             ws_compression=read.flag("WS_COMPRESSION", defaults.ws_compression),
+            gc_tuning=read.flag("GC_TUNING", defaults.gc_tuning),
             log_level=read.text("LOG_LEVEL", defaults.log_level).upper(),
         )
 

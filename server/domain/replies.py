@@ -38,6 +38,8 @@ class ReplySettings:
     system_prompt: str
     context_messages: int = 10
     lock_ttl_seconds: float = 15.0
+    enabled: bool = True  # off: rooms are pure relays (human-only rooms, load tests)
+    chunk_flush_seconds: float = 0.04  # deltas within this window go out as one aiChunk
 
 
 @dataclass
@@ -46,9 +48,11 @@ class _Draft:
 
     key: ConsultationKey
     message_id: str
-    parts: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)  # every delta received
     model: str | None = None
     next_index: int = 0
+    sent_chars: int = 0  # how much of the content went out in chunks
+    flushing: asyncio.Lock = field(default_factory=asyncio.Lock)  # chunks leave in order
 
     @property
     def content(self) -> str:
@@ -87,6 +91,8 @@ class ReplyService:
 
     def request(self, key: ConsultationKey) -> None:
         """Ask for a reply in the background; never blocks the caller's socket."""
+        if not self._settings.enabled:
+            return
         task = asyncio.create_task(self._serve(key), name=f"reply:{key.room}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -170,7 +176,8 @@ class ReplyService:
 
     async def _consume(self, request: ReplyRequest, draft: _Draft, lock: Lock) -> AppError | None:
         """Stream the reply into the room; return the failure that ended it, if any."""
-        key, name = draft.key, draft.key.room
+        name = draft.key.room
+        flusher = asyncio.create_task(self._flush_periodically(draft))
         renewed_at = time.monotonic()
         try:
             async for delta in self._assistant.stream(request):
@@ -178,12 +185,10 @@ class ReplyService:
                     continue
                 draft.model = delta.model
                 draft.parts.append(delta.text)
-                # Buffer first, emit second: a client joining in between finds the chunk in
-                # the buffer (and drops the live copy by its index) instead of missing it.
-                await self._coordination.append_partial(
-                    name, draft.message_id, delta.text, self._buffer_ttl
-                )
-                await self._notifier.to_room(key, "aiChunk", draft.chunk(delta.text, False))
+                # The first token goes out at once; later ones are coalesced by the flusher,
+                # so a fast model does not cost an event (and a Redis round trip) per token.
+                if draft.next_index == 0 or self._settings.chunk_flush_seconds <= 0:
+                    await self._flush(draft)
                 if time.monotonic() - renewed_at > self._settings.lock_ttl_seconds / 3:
                     renewed_at = time.monotonic()
                     if not await lock.renew():
@@ -193,7 +198,32 @@ class ReplyService:
         except Exception:  # a provider bug must not lose what streamed
             log.exception("assistant failed for %s", name)
             return ReplyInterrupted() if draft.parts else AssistantUnavailable()
+        finally:
+            flusher.cancel()
         return None
+
+    async def _flush_periodically(self, draft: _Draft) -> None:
+        interval = self._settings.chunk_flush_seconds
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            await self._flush(draft)
+
+    async def _flush(self, draft: _Draft) -> None:
+        """Send what arrived since the last chunk as one chunk."""
+        async with draft.flushing:
+            content = draft.content
+            text = content[draft.sent_chars :]
+            if not text:
+                return
+            draft.sent_chars = len(content)
+            # Buffer first, emit second: a client joining in between finds the chunk in the
+            # buffer (and drops the live copy by its index) instead of missing it.
+            await self._coordination.append_partial(
+                draft.key.room, draft.message_id, text, self._buffer_ttl
+            )
+            await self._notifier.to_room(draft.key, "aiChunk", draft.chunk(text, False))
 
     async def _wait_unless_stopped(
         self, name: str, consumer: asyncio.Task[AppError | None]
@@ -218,7 +248,11 @@ class ReplyService:
             if failure is None and not stopped:
                 failure = AssistantUnavailable("The assistant returned an empty reply")
         else:
-            await self._notifier.to_room(key, "aiChunk", draft.chunk("", True))
+            # The last chunk carries whatever was not flushed yet (a stop may have cut a
+            # flush short): all chunks concatenated always equal the stored reply.
+            remainder = content[draft.sent_chars :]
+            draft.sent_chars = len(content)
+            await self._notifier.to_room(key, "aiChunk", draft.chunk(remainder, True))
             try:
                 stored = await self._store_reply(draft, _status(stopped, failure))
             finally:

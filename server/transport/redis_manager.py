@@ -21,6 +21,8 @@ import socketio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from .fanout import deliver_locally
+
 log = logging.getLogger(__name__)
 
 SELF_PING = "__selfping__"
@@ -76,6 +78,26 @@ class ClusterRedisManager(socketio.AsyncRedisManager):  # type: ignore[misc]
         if age > self._ping_interval * 3 + 1:
             return f"no pub/sub round trip for {age:.1f}s"
         return "ok"
+
+    # -- local delivery --------------------------------------------------------------------
+
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        # Events for this instance's clients (its own and those received from Redis) take the
+        # lean path; callbacks and binary payloads keep the stock one.
+        if message.get("callback") is None and not message.get("binary"):
+            data = message["data"]
+            if isinstance(data, list):
+                data = data[0] if len(data) == 1 else tuple(data)
+            if deliver_locally(
+                self,
+                message["event"],
+                data,
+                namespace=message.get("namespace") or "/",
+                room=message.get("room"),
+                skip_sid=message.get("skip_sid"),
+            ):
+                return
+        await super()._handle_emit(message)
 
     # -- publishing ------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ def expected_reply(fake: FakeOpenAI, model: str) -> str:
 async def test_send_streams_a_reply_chunk_by_chunk_to_the_whole_room(
     start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
 ) -> None:
-    server = await start_server()
+    server = await start_server(ai_chunk_flush_ms=0)  # one aiChunk per delta
     alice: ChatClient = await connect(server.url)
     watcher: ChatClient = await connect(server.url)
     joined = await alice.join("room-1")
@@ -233,3 +233,20 @@ async def test_health_and_readiness_and_demo_page(start_server: StartServer) -> 
             page = await response.text()
             assert '<script src="/static/sio-test.js"></script>' in page
             assert "joinConsultation" in page
+
+
+async def test_fast_deltas_are_coalesced_and_the_first_token_goes_out_at_once(
+    start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
+) -> None:
+    server = await start_server(ai_models=("slow-2",), ai_chunk_flush_ms=60)
+    client: ChatClient = await connect(server.url)
+    await client.join("coalesce")
+    long_question = " ".join(f"word{i}" for i in range(60))
+    await client.send("coalesce", long_question)
+    [message] = await client.wait_for("aiMessage", timeout=10)
+    chunks = chunks_by_message(client)[message["id"]]
+    tokens = len(message["content"].split())
+    assert chunks[0]["content"] == "Echo: "  # the first token, alone and immediately
+    assert len(chunks) < tokens / 3, (len(chunks), tokens)  # ~2 ms tokens, 60 ms windows
+    assert "".join(c["content"] for c in chunks) == message["content"]
+    assert [c["index"] for c in chunks] == list(range(len(chunks)))

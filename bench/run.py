@@ -1,0 +1,245 @@
+"""Benchmark: our server against the Node socket.io v4 reference, same load, same machine.
+
+Run with ``scripts/bench``. Loopback only, bounded in time (a few minutes). For each scenario
+and server it reports server CPU per delivered message (from /proc), latency percentiles, the
+highest sustained delivery rate and RSS per connection, writes ``bench/results/latest.json``
+and ``latest.md``, and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
+from tests.helpers import free_port, wait_for_port  # noqa: E402
+
+BENCH = ROOT / "bench"
+SECRET = "bench-secret-" + "x" * 64
+TICK = os.sysconf("SC_CLK_TCK")
+SCENARIOS = ("storm", "fanout", "bigroom", "ai")
+
+
+@dataclass
+class Sampler:
+    """Samples a process's CPU time and RSS every 50 ms."""
+
+    pid: int
+    samples: list[tuple[float, float, int]] = field(default_factory=list)  # (time, cpu s, rss kB)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Sampler:
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                status = Path(f"/proc/{self.pid}/status").read_text()
+            except OSError:
+                return
+            cpu = (int(stat[11]) + int(stat[12])) / TICK
+            rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+            self.samples.append((time.time(), cpu, rss))
+            time.sleep(0.05)
+
+    def cpu_between(self, start: float, end: float) -> float:
+        def at(moment: float) -> float:
+            before = [s for s in self.samples if s[0] <= moment]
+            return before[-1][1] if before else self.samples[0][1]
+
+        return at(end) - at(start)
+
+    def rss_at(self, moment: float) -> int:
+        before = [s for s in self.samples if s[0] <= moment]
+        return before[-1][2] if before else self.samples[0][2]
+
+    def max_rss_between(self, start: float, end: float) -> int:
+        return max((s[2] for s in self.samples if start <= s[0] <= end), default=0)
+
+
+def token() -> str:
+    claims = {"sub": "bench", "role": "operator", "exp": datetime.now(UTC) + timedelta(hours=2)}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def start_ours(port: int, fake_url: str, ai: bool) -> subprocess.Popen[bytes]:
+    env = {
+        "PATH": os.environ["PATH"],
+        "PORT": str(port),
+        "JWT_SECRET": SECRET,
+        "OPENAI_API_KEY": "sk-bench",
+        "OPENAI_BASE_URL": fake_url,
+        "AI_MODELS": "slow-20",  # 50 tokens/s
+        "AI_REPLIES": "on" if ai else "off",
+        "RATE_LIMIT_MESSAGES": "100000000",
+        "MAX_CONNECTIONS_PER_USER": "100000",
+        "LOG_LEVEL": "WARNING",
+    }
+    log = (BENCH / "results").joinpath("server.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
+
+
+def start_reference(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["node", str(BENCH / "reference_server.mjs"), str(port)], stdout=subprocess.DEVNULL
+    )
+
+
+def run_loadgen(scenario: str, url: str) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        ["node", str(BENCH / "loadgen.mjs"), scenario, url, token()],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"loadgen {scenario} failed: {result.stderr[-2000:]}")
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def measure(server: str, scenario: str, fake_url: str) -> list[dict[str, Any]]:
+    port = free_port()
+    process = (
+        start_reference(port) if server == "reference" else start_ours(port, fake_url, scenario == "ai")
+    )
+    try:
+        wait_for_port(port)
+        time.sleep(1.0)
+        sampler = Sampler(process.pid).start()
+        time.sleep(0.5)
+        phases = run_loadgen(scenario, f"http://127.0.0.1:{port}")
+        time.sleep(0.2)
+        sampler.stop()
+        for phase in phases:
+            start, end = phase["start"] / 1000, phase["end"] / 1000
+            cpu = sampler.cpu_between(start, end)
+            phase["cpuSeconds"] = round(cpu, 3)
+            if phase.get("delivered"):
+                phase["cpuUsPerDelivery"] = round(cpu * 1e6 / phase["delivered"], 1)
+                phase["deliveriesPerSecond"] = round(phase["delivered"] / max(end - start, 1e-9))
+            if scenario == "storm":
+                before = sampler.rss_at(start)
+                peak = sampler.max_rss_between(start, end)
+                phase["rssBeforeKb"], phase["rssPeakKb"] = before, peak
+                phase["rssPerConnectionKb"] = round((peak - before) / phase["sockets"], 1)
+                phase["rssAt1000Mb"] = round(peak / 1024, 1)
+        return phases
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> list[tuple[str, str, Any, Any]]:
+    rows: list[tuple[str, str, Any, Any]] = []
+
+    def pick(server: str, scenario: str) -> list[dict[str, Any]]:
+        return results.get(server, {}).get(scenario, [])
+
+    def both(scenario: str, label: str, getter: Any) -> None:
+        values = []
+        for server in ("ours", "reference"):
+            try:
+                values.append(getter(pick(server, scenario)))
+            except (IndexError, KeyError, TypeError, ValueError, StopIteration):
+                values.append(None)
+        if values != [None, None]:
+            rows.append((scenario, label, values[0], values[1]))
+
+    def sustained(phases: list[dict[str, Any]]) -> Any:
+        if not phases:
+            return None
+        ok = [p for p in phases if p["p99"] is not None and p["p99"] <= 200
+              and p["delivered"] >= 0.95 * p["expected"]]
+        return max(p["deliveriesPerSecond"] for p in ok) if ok else 0
+
+    def at_rate(phases: list[dict[str, Any]], rate: int) -> dict[str, Any]:
+        return next(p for p in phases if p["rate"] == rate)
+
+    both("storm", "connect 1000 sockets (ms)", lambda p: p[0]["connectMs"])
+    both("storm", "RSS per connection (kB)", lambda p: p[0]["rssPerConnectionKb"])
+    both("storm", "RSS at 1000 connections (MB)", lambda p: p[0]["rssAt1000Mb"])
+    both("fanout", "CPU µs per delivery @400 msg/s", lambda p: at_rate(p, 400)["cpuUsPerDelivery"])
+    both("fanout", "p50 ms @400 msg/s", lambda p: round(at_rate(p, 400)["p50"], 1))
+    both("fanout", "p99 ms @400 msg/s", lambda p: round(at_rate(p, 400)["p99"], 1))
+    both("fanout", "max sustained deliveries/s (p99 ≤ 200 ms)", sustained)
+    both("bigroom", "CPU µs per delivery", lambda p: p[0]["cpuUsPerDelivery"])
+    both("bigroom", "p50 ms", lambda p: round(p[0]["p50"], 1))
+    both("bigroom", "p99 ms", lambda p: round(p[0]["p99"], 1))
+    both("ai", "chunk events delivered", lambda p: p[0]["delivered"])
+    both("ai", "CPU µs per chunk delivered", lambda p: p[0]["cpuUsPerDelivery"])
+    both("ai", "replies completed / expected", lambda p: f"{p[0]['finished']}/{p[0]['expected']}")
+    both("ai", "p99 gap between chunks (ms)", lambda p: round(p[0]["gapP99"], 1))
+    return rows
+
+
+def markdown(rows: list[tuple[str, str, Any, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}; `scripts/bench`.",
+        "",
+        "| scenario | metric | ours | Node reference | ours / reference |",
+        "|---|---|---|---|---|",
+    ]
+    for scenario, label, ours, reference in rows:
+        ratio = ""
+        if isinstance(ours, int | float) and isinstance(reference, int | float) and reference:
+            ratio = f"{ours / reference:.2f}×"
+        lines.append(f"| {scenario} | {label} | {ours} | {reference} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--servers", default="ours,reference")
+    args = parser.parse_args()
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    fake = FakeOpenAI()
+    fake_url = asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
+
+    (BENCH / "results").mkdir(exist_ok=True)
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for scenario in args.scenarios.split(","):
+        for server in args.servers.split(","):
+            print(f"==> {scenario} on {server}", flush=True)
+            results.setdefault(server, {})[scenario] = measure(server, scenario, fake_url)
+    meta = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        + subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+    }
+    rows = summarize(results)
+    out = BENCH / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    table = markdown(rows, meta)
+    (out / "latest.md").write_text(table)
+    print("\n" + table)
+    asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
 // Usage: node reference_server.mjs PORT
 import { Server } from "socket.io";
 import { randomUUID } from "node:crypto";
+import { performance } from "node:perf_hooks";
 
 const port = Number(process.argv[2]);
 const io = new Server(port, { cors: { origin: "*" }, perMessageDeflate: false });
@@ -16,9 +17,13 @@ function streamReply(cid, text, tokensPerSecond) {
   const messageId = randomUUID();
   chat.to(cid).emit("aiThinking", { consultationId: cid, status: "processing" });
   let index = 0;
+  const sent = [];
   const timer = setInterval(() => {
     if (index < words.length) {
-      chat.to(cid).emit("aiChunk", { consultationId: cid, messageId, index, content: words[index], isComplete: false });
+      // Like the benchmark's fake provider, each token is its own emission time (epoch ms).
+      const token = `${(performance.timeOrigin + performance.now()).toFixed(3)} `;
+      sent.push(token);
+      chat.to(cid).emit("aiChunk", { consultationId: cid, messageId, index, content: token, isComplete: false });
       index += 1;
       return;
     }
@@ -26,7 +31,7 @@ function streamReply(cid, text, tokensPerSecond) {
     chat.to(cid).emit("aiChunk", { consultationId: cid, messageId, index, content: "", isComplete: true });
     chat.to(cid).emit("aiMessage", {
       id: messageId, consultationId: cid, seq: nextSeq(cid), role: "assistant",
-      content: words.join(""), timestamp: new Date().toISOString(), model: "reference", status: "complete",
+      content: sent.join(""), timestamp: new Date().toISOString(), model: "reference", status: "complete",
     });
     chat.to(cid).emit("aiThinking", { consultationId: cid, status: "done" });
   }, 1000 / tokensPerSecond);

@@ -34,30 +34,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
-class MongoServer:
+class ExternalServer:
+    """A real server binary on a port of its own, started and killed by the tests."""
+
     port: int
     process: subprocess.Popen[bytes] | None = None
-    storage_path: str = ":memory:"  # a directory keeps data across restarts
 
-    @property
-    def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self) -> None:
-        executable = shutil.which("secantusd-py", path=os.path.dirname(sys.executable))
-        assert executable, "secantusd-py is missing: install the test extras (scripts/test)"
         self.process = subprocess.Popen(
-            [
-                executable,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--storage-path",
-                self.storage_path,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_for_port(self.port)
 
@@ -66,6 +54,30 @@ class MongoServer:
             self.process.kill()
             self.process.wait(timeout=10)
             self.process = None
+
+
+@dataclass
+class MongoServer(ExternalServer):
+    """SecantusDB, a MongoDB-wire server."""
+
+    storage_path: str = ":memory:"  # a directory keeps data across restarts
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def command(self) -> list[str]:
+        executable = shutil.which("secantusd-py", path=os.path.dirname(sys.executable))
+        assert executable, "secantusd-py is missing: install the test extras (scripts/test)"
+        return [
+            executable,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--storage-path",
+            self.storage_path,
+        ]
 
 
 @pytest.fixture(scope="session")
@@ -89,39 +101,27 @@ async def mongo_store(mongo_server: MongoServer) -> AsyncIterator[MongoStore]:
 
 
 @dataclass
-class RedisServer:
-    port: int
-    process: subprocess.Popen[bytes] | None = None
+class RedisServer(ExternalServer):
+    """Our own redis-server, never a system instance."""
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
         executable = shutil.which("redis-server")
         assert executable, "redis-server is missing: scripts/test installs it"
-        self.process = subprocess.Popen(
-            [
-                executable,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
+        return [
+            executable,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
 
 
 @pytest.fixture(scope="session")

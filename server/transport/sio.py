@@ -4,6 +4,7 @@
   reference server does on a parse error (python-socketio would log a traceback per packet and
   keep the peer).
 - WebSocket frames that are not Engine.IO packets close the peer before Engine.IO parses them.
+- Each socket's writer waits for packets without a task per wakeup (:class:`LeanSocket`).
 - permessage-deflate is configurable and off by default (python-engineio turns it on, and every
   browser asks for it: it costs CPU and ~90 KB of memory per connection for small chat frames).
 """
@@ -18,6 +19,9 @@ from typing import Any
 import socketio
 from aiohttp.web import WebSocketResponse
 from engineio.async_drivers.aiohttp import WebSocket as DriverWebSocket
+from engineio.async_socket import AsyncSocket
+from engineio.exceptions import QueueEmpty
+from engineio.packet import Packet
 
 from ..config import Settings
 
@@ -46,6 +50,45 @@ class ChatServer(socketio.AsyncServer):  # type: ignore[misc]
                 str(exc)[:120],
             )
             await close_sockets(self, [eio_sid])
+
+
+class LeanSocket(AsyncSocket):  # type: ignore[misc]
+    """An Engine.IO socket whose writer waits for packets without creating a task per wakeup.
+
+    The stock ``poll`` wraps every ``queue.get()`` in ``asyncio.wait_for``, which on Python
+    3.11 creates a Task each time a socket's writer wakes up: ~22% of the server's CPU in room
+    fan-out. ``asyncio.timeout`` gives the same deadline without the task.
+    """
+
+    async def poll(self) -> list[Packet]:
+        queue = self.queue
+        try:
+            async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                first = await queue.get()
+        except (TimeoutError, asyncio.CancelledError):  # as the stock poll: the writer ends
+            raise QueueEmpty() from None
+        queue.task_done()
+        if first is None:  # the end-of-stream marker
+            return []
+        packets = [first]
+        while not queue.empty():
+            packet = queue.get_nowait()
+            queue.task_done()
+            if packet is None:
+                queue.put_nowait(None)  # leave the marker for the next poll
+                break
+            packets.append(packet)
+        return packets
+
+
+class LeanSockets(dict[str, Any]):
+    """``eio.sockets``: every socket Engine.IO registers becomes a :class:`LeanSocket` (a
+    subclass that only replaces ``poll``) before its writer starts."""
+
+    def __setitem__(self, sid: str, socket: Any) -> None:
+        if type(socket) is AsyncSocket:
+            socket.__class__ = LeanSocket
+        super().__setitem__(sid, socket)
 
 
 def websocket_class(compression: bool) -> type[DriverWebSocket]:
@@ -85,6 +128,7 @@ def create_server(settings: Settings, client_manager: Any = None) -> ChatServer:
         logger=False,
         engineio_logger=False,
     )
+    server.eio.sockets = LeanSockets()
     # The aiohttp driver's WebSocket wrapper is python-engineio's hook for this.
     server.eio._async = {
         **server.eio._async,

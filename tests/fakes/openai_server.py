@@ -8,6 +8,8 @@ It stands in for the paid LLM API only; the server under test talks to it throug
 - ``hang``: accept the request and never answer;
 - ``stall-after-<n>``: stream ``n`` content chunks, then send nothing more;
 - ``slow-<ms>``: a normal reply with ``ms`` milliseconds between tokens;
+- ``stamp-<ms>``: as slow, but each token is its own emission time (epoch ms), so a client
+  can measure the relay's latency from provider to screen (the benchmark does);
 - anything else: a normal reply with ``token_delay`` between tokens.
 
 A normal reply is ``reply_for(messages)``: it echoes the last user message, so tests know the
@@ -75,8 +77,8 @@ class FakeOpenAI:
         if not body.get("stream"):
             return web.json_response({"error": {"message": "only stream=True"}}, status=400)
         delay = self.token_delay
-        if match := re.fullmatch(r"slow-(\d+)", model):
-            delay = int(match.group(1)) / 1000
+        if match := re.fullmatch(r"(slow|stamp)-(\d+)", model):
+            delay = int(match.group(2)) / 1000
         drop_after = stall_after = None
         if match := re.fullmatch(r"drop-after-(\d+)", model):
             drop_after = int(match.group(1))
@@ -84,7 +86,13 @@ class FakeOpenAI:
             stall_after = int(match.group(1))
         tokens = tokens_of(reply_for(body["messages"]))
         return await self._stream(
-            request, model, tokens, delay=delay, drop_after=drop_after, stall_after=stall_after
+            request,
+            model,
+            tokens,
+            delay=delay,
+            drop_after=drop_after,
+            stall_after=stall_after,
+            stamp=model.startswith("stamp-"),
         )
 
     async def _stream(
@@ -96,6 +104,7 @@ class FakeOpenAI:
         delay: float,
         drop_after: int | None,
         stall_after: int | None = None,
+        stamp: bool = False,
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -121,7 +130,7 @@ class FakeOpenAI:
                 await asyncio.sleep(3600)  # the provider goes silent mid-stream
             if delay:
                 await asyncio.sleep(delay)
-            await send({"content": token})
+            await send({"content": f"{time.time() * 1000:.3f} " if stamp else token})
         await send({}, finish="stop")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

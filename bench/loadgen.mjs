@@ -93,7 +93,7 @@ async function aiStreaming() {
     await Promise.all(group.map((s) => join(s, `ai-${c}`)));
     groups.push(group);
   }
-  let chunks = 0, finished = 0, gaps = [], relay = [];
+  let chunks = 0, tokens = 0, finished = 0, gaps = [], relay = [];
   const lastChunkAt = new Map();
   const done = new Promise((resolve) => {
     for (const socket of sockets) {
@@ -103,6 +103,7 @@ async function aiStreaming() {
         // Tokens are their provider's emission times: the newest one in a chunk tells how long
         // the relay (coalescing included) took to bring it here.
         const stamps = chunk.content.split(" ").filter(Boolean).map(Number);
+        tokens += stamps.length;
         if (stamps.length) relay.push(performance.timeOrigin + now - Math.max(...stamps));
         const previous = lastChunkAt.get(socket);
         if (previous !== undefined && !chunk.isComplete) gaps.push(now - previous);
@@ -119,7 +120,7 @@ async function aiStreaming() {
   await Promise.race([done, sleep(60000)]);
   const sorted = gaps.sort((a, b) => a - b);
   const relaySorted = relay.sort((a, b) => a - b);
-  emitPhase({ phase: "ai", start, end: Date.now(), delivered: chunks, finished, expected: sockets.length,
+  emitPhase({ phase: "ai", start, end: Date.now(), delivered: chunks, tokens, finished, expected: sockets.length,
               gapP50: percentile(sorted, 50), gapP99: percentile(sorted, 99),
               relayP50: percentile(relaySorted, 50), relayP99: percentile(relaySorted, 99) });
   closeAll(sockets);

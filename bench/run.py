@@ -26,8 +26,8 @@ import jwt
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.fakes.openai_server import FakeOpenAI  # noqa: E402
-from tests.helpers import free_port, wait_for_port  # noqa: E402
+from tests.fakes.openai_server import FakeOpenAI  # noqa: E402  (needs the sys.path line above)
+from tests.helpers import free_port, wait_for_port  # noqa: E402  (needs the sys.path line above)
 
 BENCH = ROOT / "bench"
 SECRET = "bench-secret-" + "x" * 64
@@ -58,7 +58,9 @@ class Sampler:
             except OSError:
                 return
             cpu = (int(stat[11]) + int(stat[12])) / TICK
-            rss = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+            rss = next(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")
+            )
             self.samples.append((time.time(), cpu, rss))
             time.sleep(0.05)
 
@@ -124,7 +126,9 @@ def run_loadgen(scenario: str, url: str) -> list[dict[str, Any]]:
 def measure(server: str, scenario: str, fake_url: str) -> list[dict[str, Any]]:
     port = free_port()
     process = (
-        start_reference(port) if server == "reference" else start_ours(port, fake_url, scenario == "ai")
+        start_reference(port)
+        if server == "reference"
+        else start_ours(port, fake_url, scenario == "ai")
     )
     try:
         wait_for_port(port)
@@ -138,6 +142,8 @@ def measure(server: str, scenario: str, fake_url: str) -> list[dict[str, Any]]:
             start, end = phase["start"] / 1000, phase["end"] / 1000
             cpu = sampler.cpu_between(start, end)
             phase["cpuSeconds"] = round(cpu, 3)
+            if phase.get("tokens"):
+                phase["cpuUsPerToken"] = round(cpu * 1e6 / phase["tokens"], 1)
             if phase.get("delivered"):
                 phase["cpuUsPerDelivery"] = round(cpu * 1e6 / phase["delivered"], 1)
                 phase["deliveriesPerSecond"] = round(phase["delivered"] / max(end - start, 1e-9))
@@ -153,7 +159,9 @@ def measure(server: str, scenario: str, fake_url: str) -> list[dict[str, Any]]:
         process.wait(timeout=15)
 
 
-def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> list[tuple[str, str, Any, Any]]:
+def summarize(
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+) -> list[tuple[str, str, Any, Any]]:
     rows: list[tuple[str, str, Any, Any]] = []
 
     def pick(server: str, scenario: str) -> list[dict[str, Any]]:
@@ -172,8 +180,11 @@ def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> list[tuple
     def sustained(phases: list[dict[str, Any]]) -> Any:
         if not phases:
             return None
-        ok = [p for p in phases if p["p99"] is not None and p["p99"] <= 200
-              and p["delivered"] >= 0.95 * p["expected"]]
+        ok = [
+            p
+            for p in phases
+            if p["p99"] is not None and p["p99"] <= 200 and p["delivered"] >= 0.95 * p["expected"]
+        ]
         return max(p["deliveriesPerSecond"] for p in ok) if ok else 0
 
     def at_rate(phases: list[dict[str, Any]], rate: int) -> dict[str, Any]:
@@ -190,7 +201,8 @@ def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> list[tuple
     both("bigroom", "p50 ms", lambda p: round(p[0]["p50"], 1))
     both("bigroom", "p99 ms", lambda p: round(p[0]["p99"], 1))
     both("ai", "chunk events delivered", lambda p: p[0]["delivered"])
-    both("ai", "CPU µs per chunk delivered", lambda p: p[0]["cpuUsPerDelivery"])
+    both("ai", "tokens delivered", lambda p: p[0]["tokens"])
+    both("ai", "CPU µs per token delivered", lambda p: p[0]["cpuUsPerToken"])
     both("ai", "replies completed / expected", lambda p: f"{p[0]['finished']}/{p[0]['expected']}")
     both("ai", "provider → client latency per chunk, p50 ms", lambda p: round(p[0]["relayP50"], 1))
     both("ai", "provider → client latency per chunk, p99 ms", lambda p: round(p[0]["relayP99"], 1))

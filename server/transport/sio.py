@@ -60,13 +60,20 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
     fan-out. ``asyncio.timeout`` gives the same deadline without the task.
     """
 
+    idle = False  # the writer waits on an empty queue: nothing of this socket is in flight
+    websocket: WebSocketResponse | None = None  # set once upgraded, when frames go out raw
+    transport: asyncio.BaseTransport | None = None
+
     async def poll(self) -> list[Packet]:
         queue = self.queue
+        self.idle = True
         try:
             async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
                 first = await queue.get()
         except (TimeoutError, asyncio.CancelledError):  # as the stock poll: the writer ends
             raise QueueEmpty() from None
+        finally:
+            self.idle = False
         queue.task_done()
         if first is None:  # the end-of-stream marker
             return []
@@ -79,6 +86,38 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
                 break
             packets.append(packet)
         return packets
+
+    async def close(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().close(*args, **kwargs)
+        finally:
+            # Drop the references at once: they tie the socket, its WebSocket and the request
+            # into cycles that would otherwise wait for a (rare, tuned) full collection.
+            self.websocket = self.transport = None
+
+    def writable_now(self) -> asyncio.WriteTransport | None:
+        """The transport a broadcast frame may be written to directly, or None.
+
+        Only while the writer is parked on an empty queue (so no earlier packet of this socket
+        is waiting or being written: order holds), on an upgraded, open WebSocket without
+        compression. A packet put on the queue wakes the writer but stays in the queue until
+        the writer runs, so ``queue.empty()`` also covers that moment.
+        """
+        websocket, transport = self.websocket, self.transport
+        if (
+            websocket is None
+            or not self.idle
+            or not self.upgraded
+            or self.upgrading
+            or self.closed
+            or self.closing
+            or not self.queue.empty()
+            or websocket.closed
+            or not isinstance(transport, asyncio.WriteTransport)
+            or transport.is_closing()
+        ):
+            return None
+        return transport
 
 
 class LeanSockets(dict[str, Any]):
@@ -100,6 +139,10 @@ def websocket_class(compression: bool) -> type[DriverWebSocket]:
                 max_msg_size=self.server.max_http_buffer_size, compress=compression
             )
             await self._sock.prepare(request)
+            owner = getattr(self.handler, "__self__", None)
+            if isinstance(owner, LeanSocket) and not compression:
+                # Broadcasts may now write this socket's frames directly (fanout.py).
+                owner.websocket, owner.transport = self._sock, request.transport
             self.environ = environ
             await self.handler(self)
             return self._sock

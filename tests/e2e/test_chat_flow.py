@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import StartServer
 from tests.fakes.openai_server import FakeOpenAI, reply_for
@@ -250,3 +251,91 @@ async def test_fast_deltas_are_coalesced_and_the_first_token_goes_out_at_once(
     assert len(chunks) < tokens / 3, (len(chunks), tokens)  # ~2 ms tokens, 60 ms windows
     assert "".join(c["content"] for c in chunks) == message["content"]
     assert [c["index"] for c in chunks] == list(range(len(chunks)))
+
+
+@pytest.mark.parametrize("transports", [["websocket"], ["polling"]], ids=["websocket", "polling"])
+async def test_a_burst_of_broadcasts_arrives_complete_and_in_order(
+    start_server: StartServer, connect: Connect, transports: list[str]
+) -> None:
+    # Broadcast frames may be written straight to an idle WebSocket or queued behind the
+    # socket's own packets (acks here): either way each socket sees them in order.
+    from tests.conftest import JWT_SECRET, make_token
+
+    server = await start_server(
+        jwt_secret=JWT_SECRET,
+        rate_limit_messages=1000,
+        ai_replies=False,
+        ping_interval=2,  # python-socketio's polling client waits out its last long-poll
+        ping_timeout=2,
+    )
+    sender: ChatClient = await connect(server.url, token=make_token("zed"))
+    receiver: ChatClient = await connect(server.url, token=make_token("zed"), transports=transports)
+    await sender.join("burst-order")
+    await receiver.join("burst-order")
+
+    async def receiver_chatter() -> None:
+        for _ in range(50):  # the receiver's own acks interleave with the broadcasts
+            await receiver.call("leaveConsultation", {"consultationId": "elsewhere"})
+
+    await asyncio.gather(
+        asyncio.gather(*(sender.send("burst-order", f"m{i}") for i in range(200))),
+        receiver_chatter(),
+    )
+    received = await receiver.wait_for("userMessage", count=200, timeout=20)
+    assert [m["seq"] for m in received] == list(range(1, 201))
+
+
+async def test_broadcasts_never_overtake_an_ack_queued_before_them(
+    start_server: StartServer, connect: Connect
+) -> None:
+    # With the memory store a join handler runs without suspending: every userMessage whose
+    # seq is above the newest message in a join ack was broadcast after that ack was queued,
+    # so it must arrive after it, whether it is written to the socket directly or queued.
+    from tests.conftest import JWT_SECRET, make_token
+
+    server = await start_server(
+        jwt_secret=JWT_SECRET, rate_limit_messages=100_000, ai_replies=False
+    )
+    sender: ChatClient = await connect(server.url, token=make_token("yan"))
+    receiver: ChatClient = await connect(
+        server.url, token=make_token("yan"), transports=["websocket"]
+    )
+    await sender.join("overtake")
+    arrivals: list[tuple[str, int]] = []
+    receiver.sio.on(
+        "userMessage", lambda m: arrivals.append(("message", m["seq"])), namespace="/chat"
+    )
+    flooding = True
+
+    async def flood() -> None:
+        i = 0
+        while flooding:
+            await asyncio.gather(*(sender.send("overtake", f"m{i + k}") for k in range(10)))
+            i += 10
+
+    flooder = asyncio.create_task(flood())
+    try:
+        for _ in range(40):
+            acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_ack(ack: dict[str, Any], done: asyncio.Future[None] = acked) -> None:
+                newest = max((m["seq"] for m in ack["messages"]), default=0)
+                arrivals.append(("ack", newest))
+                done.set_result(None)
+
+            await receiver.sio.emit(
+                "joinConsultation",
+                {"consultationId": "overtake"},
+                namespace="/chat",
+                callback=on_ack,
+            )
+            await acked
+    finally:
+        flooding = False
+        await flooder
+    assert sum(kind == "ack" for kind, _ in arrivals) == 40
+    for position, (kind, seq) in enumerate(arrivals):
+        if kind != "ack":
+            continue
+        early = [s for k, s in arrivals[:position] if k == "message" and s > seq]
+        assert early == [], f"messages {early[:5]} overtook an ack of history up to {seq}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import socketio
@@ -295,13 +295,13 @@ def _assistant(settings: Settings) -> Assistant:
 class _ClosingAssistant:
     """Closes the shared HTTP client once the chain is closed."""
 
-    def __init__(self, inner: FallbackAssistant, close_client: object) -> None:
+    def __init__(
+        self, inner: FallbackAssistant, close_client: Callable[[], Awaitable[None]]
+    ) -> None:
         self._inner = inner
         self._close_client = close_client
         self.stream = inner.stream
 
     async def close(self) -> None:
         await self._inner.close()
-        close = self._close_client
-        if callable(close):
-            await close()
+        await self._close_client()

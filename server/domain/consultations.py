@@ -75,10 +75,12 @@ class ConsultationService:
         # Read the partial reply before the history: if the reply is stored in between, it is
         # in the history and the stale partial is dropped below; never the other way round.
         streaming = await self._coordination.read_partial(key.room)
-        if last_seq is None:
-            messages = await self._store.recent(key, self.limits.history_page_size)
-        else:
-            messages = await self._store.after(key, last_seq, self.limits.max_history_page_size)
+        messages = await self._page(
+            key,
+            last_seq,
+            recent=self.limits.history_page_size,
+            after=self.limits.max_history_page_size,
+        )
         if streaming is not None and any(m.id == streaming.message_id for m in messages):
             streaming = None
         return Joined(consultation, messages, streaming)
@@ -93,9 +95,15 @@ class ConsultationService:
         if not can_access(identity, consultation):
             raise Forbidden()
         page = min(limit or self.limits.history_page_size, self.limits.max_history_page_size)
+        return await self._page(key, after_seq, recent=page, after=page)
+
+    async def _page(
+        self, key: ConsultationKey, after_seq: int | None, *, recent: int, after: int
+    ) -> list[Message]:
+        """The last ``recent`` messages, or up to ``after`` of those following ``after_seq``."""
         if after_seq is None:
-            return await self._store.recent(key, page)
-        return await self._store.after(key, after_seq, page)
+            return await self._store.recent(key, recent)
+        return await self._store.after(key, after_seq, after)
 
     async def send(
         self,

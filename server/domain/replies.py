@@ -51,12 +51,18 @@ class _Draft:
     parts: list[str] = field(default_factory=list)  # every delta received
     model: str | None = None
     next_index: int = 0
-    sent_chars: int = 0  # how much of the content went out in chunks
+    sent_parts: int = 0  # how many of the parts went out in chunks
     flushing: asyncio.Lock = field(default_factory=asyncio.Lock)  # chunks leave in order
 
     @property
     def content(self) -> str:
         return "".join(self.parts)
+
+    def unsent(self) -> str:
+        """The text received since the last chunk, now counted as sent."""
+        text = "".join(self.parts[self.sent_parts :])
+        self.sent_parts = len(self.parts)
+        return text
 
     def chunk(self, content: str, complete: bool) -> dict[str, object]:
         index, self.next_index = self.next_index, self.next_index + 1
@@ -213,11 +219,9 @@ class ReplyService:
     async def _flush(self, draft: _Draft) -> None:
         """Send what arrived since the last chunk as one chunk."""
         async with draft.flushing:
-            content = draft.content
-            text = content[draft.sent_chars :]
+            text = draft.unsent()
             if not text:
                 return
-            draft.sent_chars = len(content)
             # Buffer first, emit second: a client joining in between finds the chunk in the
             # buffer (and drops the live copy by its index) instead of missing it.
             await self._coordination.append_partial(
@@ -250,9 +254,7 @@ class ReplyService:
         else:
             # The last chunk carries whatever was not flushed yet (a stop may have cut a
             # flush short): all chunks concatenated always equal the stored reply.
-            remainder = content[draft.sent_chars :]
-            draft.sent_chars = len(content)
-            await self._notifier.to_room(key, "aiChunk", draft.chunk(remainder, True))
+            await self._notifier.to_room(key, "aiChunk", draft.chunk(draft.unsent(), True))
             try:
                 stored = await self._store_reply(draft, _status(stopped, failure))
             finally:

@@ -52,7 +52,8 @@ class _Draft:
     model: str | None = None
     next_index: int = 0
     sent_parts: int = 0  # how many of the parts went out in chunks
-    flushing: asyncio.Lock = field(default_factory=asyncio.Lock)  # chunks leave in order
+    streaming: bool = True  # the flusher stops once this is False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # flush now, or stop
 
     @property
     def content(self) -> str:
@@ -183,7 +184,9 @@ class ReplyService:
     async def _consume(self, request: ReplyRequest, draft: _Draft, lock: Lock) -> AppError | None:
         """Stream the reply into the room; return the failure that ended it, if any."""
         name = draft.key.room
-        flusher = asyncio.create_task(self._flush_periodically(draft))
+        # Every chunk leaves from this one task, which is never cancelled mid-flush: a flush
+        # interrupted between taking its text and emitting it would lose that text.
+        flusher = asyncio.create_task(self._flush_until_done(draft))
         renewed_at = time.monotonic()
         try:
             async for delta in self._assistant.stream(request):
@@ -194,7 +197,7 @@ class ReplyService:
                 # The first token goes out at once; later ones are coalesced by the flusher,
                 # so a fast model does not cost an event (and a Redis round trip) per token.
                 if draft.next_index == 0 or self._settings.chunk_flush_seconds <= 0:
-                    await self._flush(draft)
+                    draft.wake.set()
                 if time.monotonic() - renewed_at > self._settings.lock_ttl_seconds / 3:
                     renewed_at = time.monotonic()
                     if not await lock.renew():
@@ -205,29 +208,45 @@ class ReplyService:
             log.exception("assistant failed for %s", name)
             return ReplyInterrupted() if draft.parts else AssistantUnavailable()
         finally:
-            flusher.cancel()
+            # Let a flush in progress finish; the rest goes out in the final chunk.
+            draft.streaming = False
+            draft.wake.set()
+            await asyncio.shield(flusher)
         return None
 
-    async def _flush_periodically(self, draft: _Draft) -> None:
+    async def _flush_until_done(self, draft: _Draft) -> None:
         interval = self._settings.chunk_flush_seconds
-        if interval <= 0:
-            return
-        while True:
-            await asyncio.sleep(interval)
-            await self._flush(draft)
+        while draft.streaming:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval if interval > 0 else None):
+                    await draft.wake.wait()
+            draft.wake.clear()
+            if not draft.streaming:
+                return
+            try:
+                await self._flush(draft)
+            except Exception:  # the final chunk still carries this text
+                log.exception("could not send a chunk of %s", draft.key.room)
+                return
 
     async def _flush(self, draft: _Draft) -> None:
-        """Send what arrived since the last chunk as one chunk."""
-        async with draft.flushing:
-            text = draft.unsent()
-            if not text:
-                return
-            # Buffer first, emit second: a client joining in between finds the chunk in the
-            # buffer (and drops the live copy by its index) instead of missing it.
-            await self._coordination.append_partial(
-                draft.key.room, draft.message_id, text, self._buffer_ttl
-            )
-            await self._notifier.to_room(draft.key, "aiChunk", draft.chunk(text, False))
+        """Send what arrived since the last chunk: as one chunk, or with no coalescing window
+        one chunk per delta. Text counts as sent only once emitted: if this fails, the final
+        chunk carries it."""
+        start, end = draft.sent_parts, len(draft.parts)
+        if self._settings.chunk_flush_seconds > 0:
+            batches = [(end, "".join(draft.parts[start:end]))]
+        else:
+            batches = [(i + 1, draft.parts[i]) for i in range(start, end)]
+        for upto, text in batches:  # upto: the parts this batch covers
+            if text:
+                # Buffer first, emit second: a client joining in between finds the chunk in
+                # the buffer (and drops the live copy by its index) instead of missing it.
+                await self._coordination.append_partial(
+                    draft.key.room, draft.message_id, text, self._buffer_ttl
+                )
+                await self._notifier.to_room(draft.key, "aiChunk", draft.chunk(text, False))
+            draft.sent_parts = upto
 
     async def _wait_unless_stopped(
         self, name: str, consumer: asyncio.Task[AppError | None]

@@ -39,7 +39,7 @@ class ReplySettings:
     context_messages: int = 10
     lock_ttl_seconds: float = 15.0
     enabled: bool = True  # off: rooms are pure relays (human-only rooms, load tests)
-    chunk_flush_seconds: float = 0.04  # deltas within this window go out as one aiChunk
+    chunk_flush_seconds: float = 0.04  # at most one aiChunk per window, but the first
 
 
 @dataclass
@@ -54,6 +54,12 @@ class _Draft:
     sent_parts: int = 0  # how many of the parts went out in chunks
     streaming: bool = True  # the flusher stops once this is False
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # flush now, or stop
+    delta_at: float = 0.0  # loop time of the newest delta
+    flushed_at: float = float("-inf")  # loop time of the last chunk
+
+    @property
+    def holding(self) -> bool:
+        return self.sent_parts < len(self.parts)
 
     @property
     def content(self) -> str:
@@ -188,16 +194,26 @@ class ReplyService:
         # interrupted between taking its text and emitting it would lose that text.
         flusher = asyncio.create_task(self._flush_until_done(draft))
         renewed_at = time.monotonic()
+        window = self._settings.chunk_flush_seconds
+        loop = asyncio.get_running_loop()
         try:
             async for delta in self._assistant.stream(request):
                 if not delta.text:
                     continue
                 draft.model = delta.model
                 draft.parts.append(delta.text)
-                # The first token goes out at once; later ones are coalesced by the flusher,
-                # so a fast model does not cost an event (and a Redis round trip) per token.
-                if draft.next_index == 0 or self._settings.chunk_flush_seconds <= 0:
+                # A delta goes out at once, with whatever is held, when the last chunk left at
+                # least a window ago (the first one always): a fast model does not cost an
+                # event (and a Redis round trip) per token, yet a chunk never waits for a
+                # timer after its newest delta arrived. Held text leaves when the model
+                # pauses for a window (see _flush_until_done) or the stream ends.
+                draft.delta_at = now = loop.time()
+                if now - draft.flushed_at >= window:
                     draft.wake.set()
+                if window <= 0:
+                    # One chunk per delta, even for deltas decoded from one network read
+                    # (the stream does not yield to the loop between them).
+                    await asyncio.sleep(0)
                 if time.monotonic() - renewed_at > self._settings.lock_ttl_seconds / 3:
                     renewed_at = time.monotonic()
                     if not await lock.renew():
@@ -215,19 +231,33 @@ class ReplyService:
         return None
 
     async def _flush_until_done(self, draft: _Draft) -> None:
-        interval = self._settings.chunk_flush_seconds
+        """Send chunks when the consumer wakes us, and held text once the model has been
+        silent for a window."""
+        window = self._settings.chunk_flush_seconds
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # when to look at held text again
         while draft.streaming:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval if interval > 0 else None):
+                async with asyncio.timeout_at(deadline):
                     await draft.wake.wait()
+            woken = draft.wake.is_set()
             draft.wake.clear()
             if not draft.streaming:
                 return
-            try:
-                await self._flush(draft)
-            except Exception:  # the final chunk still carries this text
-                log.exception("could not send a chunk of %s", draft.key.room)
-                return
+            now = loop.time()
+            if woken or (draft.holding and now >= draft.delta_at + window):
+                draft.flushed_at = now
+                try:
+                    await self._flush(draft)
+                except Exception:  # the final chunk still carries this text
+                    log.exception("could not send a chunk of %s", draft.key.room)
+                    return
+                # Deltas within the window are held: look again when it is over.
+                deadline = draft.flushed_at + window if window > 0 else None
+            elif draft.holding:
+                deadline = draft.delta_at + window  # the model's silence that releases it
+            else:
+                deadline = None  # the next delta wakes us (the window is over)
 
     async def _flush(self, draft: _Draft) -> None:
         """Send what arrived since the last chunk: as one chunk, or with no coalescing window

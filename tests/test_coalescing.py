@@ -1,0 +1,118 @@
+"""The aiChunk coalescing policy of ReplyService, on the in-memory store and coordination.
+
+The assistant here is a scripted stand-in for the LLM (the only part tests may replace) and the
+notifier records what the room would receive, with the loop time of each emit. The end-to-end
+behaviour through Socket.IO is covered in tests/e2e; this pins down *when* chunks leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.coordination.memory import MemoryCoordination
+from server.domain.models import ConsultationKey
+from server.domain.ports import Delta, ReplyRequest
+from server.domain.replies import ReplyService, ReplySettings
+from server.storage.memory import MemoryStore
+
+WINDOW = 0.3  # seconds; generous so a loaded CI machine cannot blur "held" and "at once"
+
+
+@dataclass
+class ScriptedAssistant:
+    """Yields (pause before, text) steps and records the loop time each delta left."""
+
+    script: list[tuple[float, str]]
+    yielded_at: dict[str, float] = field(default_factory=dict)
+
+    async def stream(self, request: ReplyRequest) -> AsyncIterator[Delta]:
+        loop = asyncio.get_running_loop()
+        for pause, text in self.script:
+            await asyncio.sleep(pause)
+            self.yielded_at[text] = loop.time()
+            yield Delta(text=text, model="scripted")
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class RecordingNotifier:
+    events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def to_room(
+        self, key: ConsultationKey, event: str, data: dict[str, Any], *, skip: str | None = None
+    ) -> None:
+        self.events.append((asyncio.get_running_loop().time(), event, data))
+        if event == "aiMessage":
+            self.done.set()
+
+    async def to_connection(self, connection_id: str, event: str, data: dict[str, Any]) -> None:
+        return None
+
+    def chunks(self) -> list[tuple[float, dict[str, Any]]]:
+        return [(at, data) for at, event, data in self.events if event == "aiChunk"]
+
+
+async def run_reply(script: list[tuple[float, str]], window: float) -> tuple[Any, Any]:
+    assistant = ScriptedAssistant(script)
+    notifier = RecordingNotifier()
+    service = ReplyService(
+        MemoryStore(),
+        assistant,
+        notifier,
+        MemoryCoordination(),
+        ReplySettings(system_prompt="test", chunk_flush_seconds=window),
+    )
+    service.request(ConsultationKey("tenant", "coalescing"))
+    await asyncio.wait_for(notifier.done.wait(), timeout=20)
+    return assistant, notifier
+
+
+def last_token(chunk: dict[str, Any]) -> str:
+    return chunk["content"].split()[-1]
+
+
+async def test_a_chunk_leaves_when_its_newest_delta_arrives() -> None:
+    # Deltas every 70 ms with a 300 ms window: the first goes alone, then each chunk is sent
+    # by the first delta arriving after the window, carrying what was held before it. (A
+    # flush on a timer would find its newest delta up to 70 ms old.)
+    script = [(0.0 if i == 0 else 0.07, f"t{i} ") for i in range(25)]
+    assistant, notifier = await run_reply(script, WINDOW)
+    chunks = notifier.chunks()
+    assert chunks[0][1]["content"] == "t0 "
+    streamed = [(at, c) for at, c in chunks if not c["isComplete"]]
+    assert 3 <= len(streamed) <= 10, [c["content"] for _, c in streamed]
+    for at, chunk in streamed:
+        newest = assistant.yielded_at[last_token(chunk) + " "]
+        assert at - newest < 0.03, (chunk["content"], at - newest)
+    for (earlier, _), (later, _) in itertools.pairwise(streamed):
+        assert later - earlier >= WINDOW * 0.9  # at most one chunk per window
+    text = "".join(c["content"] for _, c in chunks)
+    assert text == "".join(t for _, t in script)
+
+
+async def test_held_text_leaves_after_a_window_of_silence() -> None:
+    # Two quick deltas after the first are held by the window; the model then pauses for
+    # three windows: the held text must not wait for the end of the stream.
+    script = [(0.0, "a "), (0.01, "b "), (0.01, "c "), (WINDOW * 3, "d ")]
+    assistant, notifier = await run_reply(script, WINDOW)
+    chunks = notifier.chunks()
+    assert [c["content"] for _, c in chunks[:2]] == ["a ", "b c "]
+    released = chunks[1][0] - assistant.yielded_at["c "]
+    assert WINDOW * 0.9 <= released < WINDOW * 2, released
+    assert chunks[1][0] < assistant.yielded_at["d "]
+
+
+async def test_without_a_window_every_delta_is_its_own_chunk() -> None:
+    script = [(0.0, "a "), (0.0, "b "), (0.01, "c "), (0.01, "d ")]
+    _, notifier = await run_reply(script, 0)
+    contents = [c["content"] for _, c in notifier.chunks()]
+    # The final chunk (isComplete) carries whatever the stream's end overtook.
+    assert contents[:3] == ["a ", "b ", "c "]
+    assert "".join(contents) == "a b c d "

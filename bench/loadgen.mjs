@@ -8,6 +8,16 @@ const [scenario, url, token] = process.argv.slice(2);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const emitPhase = (record) => process.stdout.write(JSON.stringify(record) + "\n");
 
+// Wall-clock time in fractional ms, comparable with the provider's time.time() stamps:
+// performance.timeOrigin + now() drifts from the system clock (~1 ms seen), so pin it to the
+// moment Date.now() ticks over.
+const wallOffset = (() => {
+  const tick = Date.now();
+  while (Date.now() === tick);
+  return Date.now() - (performance.timeOrigin + performance.now());
+})();
+const wallNow = () => performance.timeOrigin + performance.now() + wallOffset;
+
 function percentile(sorted, p) {
   if (!sorted.length) return null;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
@@ -84,8 +94,8 @@ async function measureRooms(rooms, size, rates, seconds, label, stopAboveP99) {
   closeAll(sockets);
 }
 
-async function aiStreaming() {
-  const consultations = 100, watchers = 3, words = 495;
+async function aiStreaming(consultations) {
+  const watchers = 3, words = 495;
   const sockets = await connectMany(consultations * (watchers + 1));
   const groups = [];
   for (let c = 0; c < consultations; c++) {
@@ -93,18 +103,22 @@ async function aiStreaming() {
     await Promise.all(group.map((s) => join(s, `ai-${c}`)));
     groups.push(group);
   }
-  let chunks = 0, tokens = 0, finished = 0, gaps = [], relay = [];
+  let chunks = 0, tokens = 0, finished = 0, gaps = [], relay = [], held = [];
   const lastChunkAt = new Map();
   const done = new Promise((resolve) => {
     for (const socket of sockets) {
       socket.on("aiChunk", (chunk) => {
         chunks += 1;
-        const now = performance.now();
+        const now = performance.now(), wall = wallNow();
         // Tokens are their provider's emission times: the newest one in a chunk tells how long
-        // the relay (coalescing included) took to bring it here.
+        // the relay took to bring the chunk here once it was complete; the oldest one how long
+        // coalescing held the chunk's first token on top of that.
         const stamps = chunk.content.split(" ").filter(Boolean).map(Number);
         tokens += stamps.length;
-        if (stamps.length) relay.push(performance.timeOrigin + now - Math.max(...stamps));
+        if (stamps.length) {
+          relay.push(wall - Math.max(...stamps));
+          held.push(wall - Math.min(...stamps));
+        }
         const previous = lastChunkAt.get(socket);
         if (previous !== undefined && !chunk.isComplete) gaps.push(now - previous);
         lastChunkAt.set(socket, now);
@@ -115,14 +129,16 @@ async function aiStreaming() {
   const text = Array.from({ length: words }, (_, i) => `w${i}`).join(" ");
   const start = Date.now();
   for (let c = 0; c < consultations; c++) {
-    groups[c][0].emit("sendMessage", { consultationId: `ai-${c}`, content: text, ai: { tokensPerSecond: 50 } });
+    groups[c][0].emit("sendMessage", { consultationId: `ai-${c}`, content: text, ai: true });
   }
   await Promise.race([done, sleep(60000)]);
   const sorted = gaps.sort((a, b) => a - b);
   const relaySorted = relay.sort((a, b) => a - b);
-  emitPhase({ phase: "ai", start, end: Date.now(), delivered: chunks, tokens, finished, expected: sockets.length,
+  const heldSorted = held.sort((a, b) => a - b);
+  emitPhase({ phase: `ai@${consultations}`, start, end: Date.now(), delivered: chunks, tokens, finished, expected: sockets.length,
               gapP50: percentile(sorted, 50), gapP99: percentile(sorted, 99),
-              relayP50: percentile(relaySorted, 50), relayP99: percentile(relaySorted, 99) });
+              relayP50: percentile(relaySorted, 50), relayP99: percentile(relaySorted, 99),
+              oldestP50: percentile(heldSorted, 50), oldestP99: percentile(heldSorted, 99) });
   closeAll(sockets);
 }
 
@@ -130,7 +146,8 @@ const scenarios = {
   storm,
   fanout: () => measureRooms(50, 20, [100, 200, 400, 800, 1600, 3200], 4, "fanout", 200),
   bigroom: () => measureRooms(1, 1000, [10], 10, "bigroom", null),
-  ai: aiStreaming,
+  ai: () => aiStreaming(100),
+  ailight: () => aiStreaming(10),  // the relay's own latency, on a machine that is not busy
 };
 await scenarios[scenario]();
 process.exit(0);

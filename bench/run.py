@@ -32,7 +32,7 @@ from tests.helpers import free_port, wait_for_port  # noqa: E402  (needs the sys
 BENCH = ROOT / "bench"
 SECRET = "bench-secret-" + "x" * 64
 TICK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ("storm", "fanout", "bigroom", "ai")
+SCENARIOS = ("storm", "fanout", "bigroom", "ai", "ailight")
 
 
 @dataclass
@@ -105,9 +105,10 @@ def start_ours(port: int, fake_url: str, ai: bool) -> subprocess.Popen[bytes]:
     )
 
 
-def start_reference(port: int) -> subprocess.Popen[bytes]:
+def start_reference(port: int, fake_url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        ["node", str(BENCH / "reference_server.mjs"), str(port)], stdout=subprocess.DEVNULL
+        ["node", str(BENCH / "reference_server.mjs"), str(port), fake_url],
+        stdout=subprocess.DEVNULL,
     )
 
 
@@ -126,9 +127,9 @@ def run_loadgen(scenario: str, url: str) -> list[dict[str, Any]]:
 def measure(server: str, scenario: str, fake_url: str) -> list[dict[str, Any]]:
     port = free_port()
     process = (
-        start_reference(port)
+        start_reference(port, fake_url)
         if server == "reference"
-        else start_ours(port, fake_url, scenario == "ai")
+        else start_ours(port, fake_url, scenario.startswith("ai"))
     )
     try:
         wait_for_port(port)
@@ -200,13 +201,24 @@ def summarize(
     both("bigroom", "CPU µs per delivery", lambda p: p[0]["cpuUsPerDelivery"])
     both("bigroom", "p50 ms", lambda p: round(p[0]["p50"], 1))
     both("bigroom", "p99 ms", lambda p: round(p[0]["p99"], 1))
-    both("ai", "chunk events delivered", lambda p: p[0]["delivered"])
-    both("ai", "tokens delivered", lambda p: p[0]["tokens"])
-    both("ai", "CPU µs per token delivered", lambda p: p[0]["cpuUsPerToken"])
-    both("ai", "replies completed / expected", lambda p: f"{p[0]['finished']}/{p[0]['expected']}")
-    both("ai", "provider → client latency per chunk, p50 ms", lambda p: round(p[0]["relayP50"], 1))
-    both("ai", "provider → client latency per chunk, p99 ms", lambda p: round(p[0]["relayP99"], 1))
+    for scenario in ("ai", "ailight"):
+        both(scenario, "chunk events delivered", lambda p: p[0]["delivered"])
+        both(scenario, "tokens delivered", lambda p: p[0]["tokens"])
+        both(scenario, "CPU µs per token delivered", lambda p: p[0]["cpuUsPerToken"])
+        both(scenario, "replies completed / expected", _completed)
+        both(scenario, "relay latency per chunk (newest token), p50 ms", _ms("relayP50"))
+        both(scenario, "relay latency per chunk (newest token), p99 ms", _ms("relayP99"))
+        both(scenario, "oldest token in a chunk (coalescing hold), p50 ms", _ms("oldestP50"))
+        both(scenario, "oldest token in a chunk (coalescing hold), p99 ms", _ms("oldestP99"))
     return rows
+
+
+def _completed(phases: list[dict[str, Any]]) -> str:
+    return f"{phases[0]['finished']}/{phases[0]['expected']}"
+
+
+def _ms(key: str) -> Any:
+    return lambda phases: round(phases[0][key], 1)
 
 
 def markdown(rows: list[tuple[str, str, Any, Any]], meta: dict[str, Any]) -> str:

@@ -149,6 +149,5 @@ def utcnow() -> datetime:
 
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a ``Z``, as JavaScript's ``Date`` prints it."""
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
+    # isoformat is C and ~10x faster than strftime; in UTC it always ends in "+00:00".
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"

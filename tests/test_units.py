@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import socketio
+from socketio import packet as sio_packet
 
 from server.config import ConfigError, Settings
 from server.domain.models import ConsultationKey
+from server.transport.fanout import encode_event
 from server.transport.net import client_address, parse_networks
 
 
@@ -84,3 +87,22 @@ def test_without_trusted_proxies_the_peer_is_the_client() -> None:
 
 def test_room_names_cannot_collide_across_tenants() -> None:
     assert ConsultationKey("a:b", "c").room != ConsultationKey("a", "b:c").room
+
+
+@pytest.mark.parametrize(
+    ("namespace", "data"),
+    [
+        ("/chat", ["userMessage", {"seq": 1, "content": 'é ü \u2028 "q"', "userId": None}]),
+        ("/chat", ["aiChunk", {"parts": [1, 2.5, True, [], {}]}]),
+        ("/", ["ping"]),
+    ],
+)
+def test_broadcast_encoding_matches_python_socketio(namespace: str, data: list[object]) -> None:
+    server = socketio.AsyncServer()
+    stock = server.packet_class(sio_packet.EVENT, namespace=namespace, data=data).encode()
+    assert encode_event(server.packet_class, namespace, data) == stock
+
+
+def test_binary_broadcasts_are_left_to_python_socketio() -> None:
+    packet_class = socketio.AsyncServer().packet_class
+    assert encode_event(packet_class, "/chat", ["file", {"blob": b"\x00\x01"}]) is None

@@ -62,7 +62,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
 
     idle = False  # the writer waits on an empty queue: nothing of this socket is in flight
     websocket: WebSocketResponse | None = None  # set once upgraded, when frames go out raw
-    transport: asyncio.BaseTransport | None = None
+    transport: asyncio.Transport | None = None  # duck-typed: uvloop's are not asyncio's classes
 
     async def poll(self) -> list[Packet]:
         queue = self.queue
@@ -113,7 +113,7 @@ class LeanSocket(AsyncSocket):  # type: ignore[misc]
             or self.closing
             or not self.queue.empty()
             or websocket.closed
-            or not isinstance(transport, asyncio.WriteTransport)
+            or transport is None
             or transport.is_closing()
         ):
             return None

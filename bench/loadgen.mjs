@@ -142,9 +142,11 @@ async function aiStreaming(consultations) {
   closeAll(sockets);
 }
 
+const fanoutRates = process.env.BENCH_RATES?.split(",").map(Number) ?? [100, 200, 400, 800, 1600, 3200];
 const scenarios = {
   storm,
-  fanout: () => measureRooms(50, 20, [100, 200, 400, 800, 1600, 3200], 4, "fanout", 200),
+  // BENCH_RATES / BENCH_SECONDS: a fixed rate held longer, for profiling one load level.
+  fanout: () => measureRooms(50, 20, fanoutRates, Number(process.env.BENCH_SECONDS ?? 4), "fanout", 200),
   bigroom: () => measureRooms(1, 1000, [10], 10, "bigroom", null),
   ai: () => aiStreaming(100),
   ailight: () => aiStreaming(10),  // the relay's own latency, on a machine that is not busy

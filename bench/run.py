@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -84,6 +85,21 @@ def token() -> str:
     return jwt.encode(claims, SECRET, algorithm="HS256")
 
 
+def server_pinning() -> list[str]:
+    """The command prefix that keeps the single-threaded server under test on one CPU:
+    unpinned, the scheduler moving it between cores moved CPU per delivery by up to ±15%
+    between identical runs. The load generator and the fake provider may run anywhere:
+    confined to the other core, the load generator became the bottleneck of the sustained
+    rate, and the provider starved in the AI scenario."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or not shutil.which("taskset"):
+        return []
+    return ["taskset", "-c", str(cpus[0])]
+
+
+PIN: list[str] = []  # the command prefix that pins a server (set by main)
+
+
 def start_ours(port: int, fake_url: str, ai: bool) -> subprocess.Popen[bytes]:
     env = {
         "PATH": os.environ["PATH"],
@@ -101,13 +117,13 @@ def start_ours(port: int, fake_url: str, ai: bool) -> subprocess.Popen[bytes]:
     env = {k.removeprefix("BENCH_SERVER_"): v for k, v in env.items()}
     log = (BENCH / "results").joinpath("server.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
+        [*PIN, sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
     )
 
 
 def start_reference(port: int, fake_url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        ["node", str(BENCH / "reference_server.mjs"), str(port), fake_url],
+        [*PIN, "node", str(BENCH / "reference_server.mjs"), str(port), fake_url],
         stdout=subprocess.DEVNULL,
     )
 
@@ -241,6 +257,7 @@ def main() -> int:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--servers", default="ours,reference")
     args = parser.parse_args()
+    PIN[:] = server_pinning()
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
     fake = FakeOpenAI()

@@ -68,7 +68,7 @@ def encode_event(packet_class: Any, namespace: str, data: list[Any]) -> str | No
     JSON encoder refuses bytes anyway, so a payload it accepts has none.
     """
     try:
-        body = packet_class.json.dumps(data, separators=(",", ":"))
+        body: str = packet_class.json.dumps(data, separators=(",", ":"))
     except TypeError:
         return None
     prefix = str(sio_packet.EVENT) if namespace == "/" else f"{sio_packet.EVENT}{namespace},"

@@ -142,7 +142,7 @@ async function aiStreaming(consultations) {
   closeAll(sockets);
 }
 
-const fanoutRates = process.env.BENCH_RATES?.split(",").map(Number) ?? [100, 200, 400, 800, 1600, 3200];
+const fanoutRates = process.env.BENCH_RATES?.split(",").map(Number) ?? [100, 200, 400, 800, 1200, 1600, 2400, 3200];
 const scenarios = {
   storm,
   // BENCH_RATES / BENCH_SECONDS: a fixed rate held longer, for profiling one load level.

@@ -39,7 +39,7 @@ class ReplySettings:
     context_messages: int = 10
     lock_ttl_seconds: float = 15.0
     enabled: bool = True  # off: rooms are pure relays (human-only rooms, load tests)
-    chunk_flush_seconds: float = 0.04  # at most one aiChunk per window, but the first
+    chunk_flush_seconds: float = 0.04  # at most one aiChunk per window; 0: one per delta
 
 
 @dataclass

@@ -10,10 +10,9 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from .app import create_app, describe_mode
+from .app import authenticator, create_app, describe_mode
 from .config import ConfigError, Settings
 from .domain.models import Role
-from .transport.auth import Authenticator
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,15 +74,9 @@ def tune_gc() -> None:
 
 
 def _print_token(settings: Settings, args: argparse.Namespace) -> int:
-    authenticator = Authenticator(
-        secret=settings.jwt_secret,
-        algorithms=settings.jwt_algorithms,
-        audience=settings.jwt_audience,
-        issuer=settings.jwt_issuer,
-    )
     try:
         print(
-            authenticator.issue(
+            authenticator(settings).issue(
                 args.sub,
                 tenant=args.tenant,
                 role=Role(args.role),

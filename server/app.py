@@ -1,12 +1,15 @@
-"""The one place that picks concrete adapters and wires them together."""
+"""The composition root: the one place that picks concrete adapters and wires them together.
+
+``build`` makes every component from the settings (tests may pass their own store or
+assistant); ``create_app`` mounts them on aiohttp. Every component with a lifecycle is a
+:class:`Resource`: started in order when the app starts, stopped in reverse order.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import socketio
 from aiohttp import web
@@ -15,64 +18,87 @@ from .ai.fallback import FallbackAssistant
 from .ai.offline import OfflineAssistant
 from .ai.openai_provider import OpenAIModel, make_client
 from .config import ConfigError, Settings
-from .coordination.failover import FailoverCoordination
-from .coordination.memory import MemoryCoordination
-from .coordination.redis import RedisCoordination
+from .coordination import Coordination, in_memory, on_redis
+from .coordination.redis_support import RedisHandle
+from .domain.connections import ConnectionService
 from .domain.consultations import ConsultationService, Limits
 from .domain.policies import Admission, ConnectionPolicy, Moderation, RateLimiter, RatePolicy
-from .domain.ports import Assistant, Coordination, Store
-from .domain.replies import ReplyService, ReplySettings
+from .domain.ports import Assistant, Store
+from .domain.replies import ReplyCoordination, ReplyService, ReplySettings
 from .errors import AppError
 from .storage.memory import MemoryStore
 from .transport.auth import Authenticator
-from .transport.chat_namespace import NAMESPACE, ChatNamespace
-from .transport.fanout import LeanManager
 from .transport.net import parse_networks
-from .transport.notifier import SocketIONotifier
-from .transport.redis_manager import ClusterRedisManager
 from .transport.rest import Routes, cors_middleware
-from .transport.sio import close_sockets, create_server
+from .transport.socketio.fanout import LeanManager
+from .transport.socketio.namespace import NAMESPACE, ChatNamespace
+from .transport.socketio.redis_manager import ClusterRedisManager
+from .transport.socketio.rooms import SocketIORooms
+from .transport.socketio.server import close_sockets, create_server
 
 log = logging.getLogger("server")
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 
+Probe = Callable[[], Awaitable[str]]  # "ok", or what is wrong
+
 
 @dataclass(frozen=True)
+class Resource:
+    """Something started with the app and stopped with it."""
+
+    name: str
+    start: Callable[[], Awaitable[None]]
+    stop: Callable[[], Awaitable[None]]
+
+
+@dataclass
 class Components:
     settings: Settings
     store: Store
     assistant: Assistant
     coordination: Coordination
+    authenticator: Authenticator
     sio: socketio.AsyncServer
-    namespace: ChatNamespace
     replies: ReplyService
-    service: ConsultationService
-    manager: LeanManager | ClusterRedisManager
-    admission: Admission
+    consultations: ConsultationService
+    connections: ConnectionService
+    resources: list[Resource] = field(default_factory=list)
+    probes: dict[str, Probe] = field(default_factory=dict)
+
+    async def readiness(self) -> dict[str, str]:
+        return {name: await probe() for name, probe in self.probes.items()}
 
 
 COMPONENTS = web.AppKey("components", Components)
 
 
-def create_app(
-    settings: Settings,
-    *,
-    store: Store | None = None,
-    assistant: Assistant | None = None,
-    coordination: Coordination | None = None,
-) -> web.Application:
+def authenticator(settings: Settings) -> Authenticator:
+    return Authenticator(
+        secret=settings.jwt_secret,
+        algorithms=settings.jwt_algorithms,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+
+
+def build(
+    settings: Settings, *, store: Store | None = None, assistant: Assistant | None = None
+) -> Components:
     store = store or _store(settings)
     assistant = assistant or _assistant(settings)
+    redis = _redis(settings)
+    coordination = on_redis(redis) if redis is not None else in_memory()
     manager = _client_manager(settings)
-    coordination = coordination or _coordination(settings)
     sio = create_server(settings, manager)
-    notifier = SocketIONotifier(sio, NAMESPACE)
+    rooms = SocketIORooms(sio, NAMESPACE)
     replies = ReplyService(
         store,
         assistant,
-        notifier,
-        coordination,
+        rooms,
+        ReplyCoordination(
+            coordination.locks, coordination.queue, coordination.buffer, coordination.stops
+        ),
         ReplySettings(
             system_prompt=settings.ai_system_prompt,
             context_messages=settings.ai_context_messages,
@@ -81,67 +107,72 @@ def create_app(
             chunk_flush_seconds=settings.ai_chunk_flush_ms / 1000,
         ),
     )
-    service = ConsultationService(
+    consultations = ConsultationService(
         store,
         replies,
-        notifier,
-        coordination,
+        rooms,
         limits=Limits(
             max_message_chars=settings.max_message_chars,
             history_page_size=settings.history_page_size,
         ),
         rate_limiter=RateLimiter(
-            coordination,
+            coordination.rates,
             RatePolicy(settings.rate_limit_messages, settings.rate_limit_window_seconds),
         ),
         moderation=_moderation(settings),
     )
     admission = Admission(
-        coordination,
+        coordination.registry,
         ConnectionPolicy(
             max_per_instance=settings.max_connections,
             max_per_user=settings.max_connections_per_user,
         ),
     )
-    authenticator = Authenticator(
-        secret=settings.jwt_secret,
-        algorithms=settings.jwt_algorithms,
-        audience=settings.jwt_audience,
-        issuer=settings.jwt_issuer,
-    )
-    namespace = ChatNamespace(
-        service, authenticator, admission, parse_networks(settings.trusted_proxies)
-    )
-    sio.register_namespace(namespace)
+    auth = authenticator(settings)
+    connections = ConnectionService(auth, admission, consultations, rooms)
+    sio.register_namespace(ChatNamespace(connections, parse_networks(settings.trusted_proxies)))
 
-    async def readiness() -> dict[str, str]:
-        checks = {"storage": await _check(store.ping())}
-        if isinstance(manager, ClusterRedisManager):
-            checks["coordination"] = await _check(coordination.ping())
-            checks["fanout"] = manager.fanout_state()
-        return checks
-
-    app = web.Application(middlewares=[cors_middleware(settings.allowed_origins)])
     components = Components(
-        settings,
-        store,
-        assistant,
-        coordination,
-        sio,
-        namespace,
-        replies,
-        service,
-        manager,
-        admission,
+        settings, store, assistant, coordination, auth, sio, replies, consultations, connections
     )
+    components.probes["storage"] = lambda: _check(store.ping())
+    components.resources.append(Resource("store", store.start, store.close))
+    if redis is not None:
+        components.probes["coordination"] = lambda: _check(redis.ping())
+        components.resources.append(Resource("redis", _nothing, redis.close))
+    if isinstance(manager, ClusterRedisManager):
+        redis_manager = manager
+
+        async def fanout_state() -> str:
+            return redis_manager.fanout_state()
+
+        async def start_manager() -> None:
+            redis_manager.start()
+
+        components.probes["fanout"] = fanout_state
+        components.resources.append(Resource("fan-out", start_manager, manager.stop))
+
+    async def start_connections() -> None:
+        connections.start()
+
+    components.resources.append(Resource("connections", start_connections, connections.stop))
+    components.resources.append(Resource("assistant", _nothing, assistant.close))
+    return components
+
+
+def create_app(
+    settings: Settings, *, store: Store | None = None, assistant: Assistant | None = None
+) -> web.Application:
+    components = build(settings, store=store, assistant=assistant)
+    app = web.Application(middlewares=[cors_middleware(settings.allowed_origins)])
     app[COMPONENTS] = components
-    sio.attach(app)
+    components.sio.attach(app)
     Routes(
-        service,
-        authenticator,
-        readiness,
+        components.consultations,
+        components.authenticator,
+        components.readiness,
         settings.socketio_client_url,
-        connections=lambda: namespace.connection_count,
+        connections=lambda: components.connections.count,
     ).install(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)
@@ -149,32 +180,19 @@ def create_app(
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    parts = app[COMPONENTS]
-    await parts.store.start()
-    if isinstance(parts.manager, ClusterRedisManager):
-        parts.manager.start()
-    keeper = asyncio.create_task(_keep_presence(parts))
-    yield
-    keeper.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await keeper
-    if isinstance(parts.manager, ClusterRedisManager):
-        await parts.manager.stop()
-    await parts.assistant.close()
-    await parts.coordination.close()
-    await parts.store.close()
-
-
-async def _keep_presence(parts: Components) -> None:
-    """Refresh this instance's connections in the per-user presence sets: entries of a crashed
-    instance are no longer refreshed and expire."""
-    interval = parts.admission.policy.presence_ttl_seconds / 3
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await parts.admission.keep_alive(parts.namespace.presence())
-        except AppError as exc:
-            log.warning("could not refresh connection presence: %s", exc.message)
+    resources = app[COMPONENTS].resources
+    started: list[Resource] = []
+    try:
+        for resource in resources:
+            await resource.start()
+            started.append(resource)
+        yield
+    finally:
+        for resource in reversed(started):
+            try:
+                await resource.stop()
+            except Exception:
+                log.exception("could not stop %s", resource.name)
 
 
 async def _drain(app: web.Application) -> None:
@@ -232,6 +250,10 @@ def describe_mode(settings: Settings) -> list[tuple[int, str]]:
     return lines
 
 
+async def _nothing() -> None:
+    return None
+
+
 async def _check(probe: Awaitable[None]) -> str:
     try:
         await probe
@@ -253,16 +275,16 @@ def _moderation(settings: Settings) -> Moderation:
     return moderation
 
 
+def _redis(settings: Settings) -> RedisHandle | None:
+    if not settings.redis_url:
+        return None
+    return RedisHandle(settings.redis_url, prefix=settings.redis_prefix)
+
+
 def _client_manager(settings: Settings) -> LeanManager | ClusterRedisManager:
     if not settings.redis_url:
         return LeanManager()
     return ClusterRedisManager(settings.redis_url, channel=settings.redis_prefix)
-
-
-def _coordination(settings: Settings) -> Coordination:
-    if not settings.redis_url:
-        return MemoryCoordination()
-    return FailoverCoordination(RedisCoordination(settings.redis_url, prefix=settings.redis_prefix))
 
 
 def _store(settings: Settings) -> Store:
@@ -289,19 +311,4 @@ def _assistant(settings: Settings) -> Assistant:
         )
         for model in settings.ai_models
     ]
-    return _ClosingAssistant(FallbackAssistant(chain), client.close)
-
-
-class _ClosingAssistant:
-    """Closes the shared HTTP client once the chain is closed."""
-
-    def __init__(
-        self, inner: FallbackAssistant, close_client: Callable[[], Awaitable[None]]
-    ) -> None:
-        self._inner = inner
-        self._close_client = close_client
-        self.stream = inner.stream
-
-    async def close(self) -> None:
-        await self._inner.close()
-        await self._close_client()
+    return FallbackAssistant(chain, close=client.close)

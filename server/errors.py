@@ -1,7 +1,8 @@
 """One error hierarchy for the whole server.
 
-Every error a client can see is an :class:`AppError` with a stable ``code``. Transports translate
-them once, at their edge (``to_wire``); driver errors are translated where they occur
+Every error a client can see is an :class:`AppError` with a stable ``code`` and the HTTP status
+it maps to. Transports translate them once, at their edge (``to_wire`` for events and acks,
+``http_status`` for REST); driver errors are translated where they occur
 (``raise StorageUnavailable(...) from exc``) so no driver detail ever reaches a client.
 """
 
@@ -14,6 +15,7 @@ class AppError(Exception):
     """Base of every error that is answered to a client."""
 
     code: ClassVar[str] = "internal_error"
+    http_status: ClassVar[int] = 500
     retryable: ClassVar[bool] = False
     default_message: ClassVar[str] = "Internal server error"
 
@@ -34,70 +36,107 @@ class AppError(Exception):
 
 class InvalidPayload(AppError):
     code = "invalid_payload"
+    http_status = 400
     default_message = "The payload is not valid for this event"
 
 
 class UnknownEvent(AppError):
     code = "unknown_event"
+    http_status = 404
     default_message = "This event is not supported"
 
 
 class Unauthorized(AppError):
     code = "unauthorized"
+    http_status = 401
     default_message = "A valid token is required"
 
 
 class Forbidden(AppError):
     code = "forbidden"
+    http_status = 403
     default_message = "You may not access this consultation"
 
 
 class NotJoined(AppError):
     code = "not_joined"
+    http_status = 409
     default_message = "Join the consultation before sending to it"
 
 
 class NotFound(AppError):
     code = "not_found"
+    http_status = 404
     default_message = "Not found"
 
 
 class RateLimited(AppError):
     code = "rate_limited"
+    http_status = 429
     retryable = True
     default_message = "Too many messages, slow down"
 
 
 class ContentRejected(AppError):
     code = "content_rejected"
+    http_status = 422
     default_message = "This message was rejected by the content policy"
 
 
 class TooManyConnections(AppError):
     code = "too_many_connections"
+    http_status = 429
     retryable = True
     default_message = "Too many connections"
 
 
 class TokenExpired(AppError):
     code = "token_expired"
+    http_status = 401
     default_message = "The token has expired: reconnect with a fresh one"
+
+
+class ConsultationClosed(AppError):
+    code = "consultation_closed"
+    http_status = 409
+    default_message = "This consultation is closed"
+
+
+class AlreadyAssigned(AppError):
+    code = "already_assigned"
+    http_status = 409
+    default_message = "Another operator has already taken this consultation"
+
+
+class OperatorAtCapacity(AppError):
+    code = "operator_at_capacity"
+    http_status = 409
+    default_message = "You already hold as many consultations as you may"
+
+
+class InvalidState(AppError):
+    code = "invalid_state"
+    http_status = 409
+    default_message = "The consultation is not in a state that allows this"
 
 
 class StorageUnavailable(AppError):
     code = "storage_unavailable"
+    http_status = 503
     retryable = True
     default_message = "Storage is unavailable, please retry"
 
 
 class CoordinationUnavailable(AppError):
     code = "coordination_unavailable"
+    http_status = 503
     retryable = True
     default_message = "Cluster coordination is unavailable, please retry"
 
 
 class AssistantUnavailable(AppError):
     code = "ai_unavailable"
+    http_status = 503
     retryable = True
     default_message = "The assistant is unavailable right now"
 
@@ -110,3 +149,14 @@ class ReplyInterrupted(AssistantUnavailable):
 
 class InternalError(AppError):
     code = "internal_error"
+
+
+def error_classes() -> list[type[AppError]]:
+    """Every concrete error class, each code once (for documentation and its tests)."""
+    seen: dict[str, type[AppError]] = {}
+    pending: list[type[AppError]] = [AppError]
+    while pending:
+        cls = pending.pop(0)
+        seen.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return list(seen.values())

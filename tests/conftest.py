@@ -1,12 +1,9 @@
-"""Shared fixtures: real servers on free ports (SecantusDB, the fake LLM API, our app)."""
+"""Shared fixtures: real servers on free ports (SecantusDB, redis-server, the fake LLM API, our
+app in-process or as processes behind nginx) and recording clients."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import shutil
-import subprocess
-import sys
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -22,68 +19,27 @@ from server.app import COMPONENTS, Components, create_app
 from server.config import Settings
 from server.domain.ports import Store
 from server.storage.mongo import MongoStore
-from tests.cluster import AppProcess, Nginx
 from tests.fakes.openai_server import FakeOpenAI
-from tests.helpers import ChatClient, free_port, wait_for_port
+from tests.helpers import ChatClient
+from tests.servers import ROOT, AppProcess, MongoServer, Nginx, RedisServer, serve
+
+__all__ = ["JWT_SECRET", "ROOT", "MongoServer", "RedisServer"]
 
 JWT_SECRET = "test-secret-" + "x" * 64  # long enough for every HMAC algorithm
-ROOT = Path(__file__).resolve().parent.parent
 
 
-# -- MongoDB (SecantusDB, a MongoDB-wire server) ------------------------------------------------
+def settings_for_tests(**overrides: Any) -> Settings:
+    """Settings built from values only (never from this process's environment)."""
+    return Settings.model_validate({"host": "127.0.0.1", "port": 0, **overrides})
 
 
-@dataclass
-class ExternalServer:
-    """A real server binary on a port of its own, started and killed by the tests."""
-
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        wait_for_port(self.port)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
-@dataclass
-class MongoServer(ExternalServer):
-    """SecantusDB, a MongoDB-wire server."""
-
-    storage_path: str = ":memory:"  # a directory keeps data across restarts
-
-    @property
-    def url(self) -> str:
-        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
-
-    def command(self) -> list[str]:
-        executable = shutil.which("secantusd-py", path=os.path.dirname(sys.executable))
-        assert executable, "secantusd-py is missing: install the test extras (scripts/test)"
-        return [
-            executable,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--storage-path",
-            self.storage_path,
-        ]
+# -- MongoDB (SecantusDB, a MongoDB-wire server) and Redis ---------------------------------------
 
 
 @pytest.fixture(scope="session")
 def mongo_server() -> Iterator[MongoServer]:
-    server = MongoServer(free_port())
-    server.start()
+    server = MongoServer().start()
+    assert isinstance(server, MongoServer)
     yield server
     server.stop()
 
@@ -97,42 +53,15 @@ async def mongo_store(mongo_server: MongoServer) -> AsyncIterator[MongoStore]:
     await store.close()
 
 
-# -- Redis (our own redis-server, never a system instance) -------------------------------------
-
-
-@dataclass
-class RedisServer(ExternalServer):
-    """Our own redis-server, never a system instance."""
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def command(self) -> list[str]:
-        executable = shutil.which("redis-server")
-        assert executable, "redis-server is missing: scripts/test installs it"
-        return [
-            executable,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-
-
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(free_port())
-    server.start()
+    server = RedisServer().start()
+    assert isinstance(server, RedisServer)
     yield server
     server.stop()
 
 
-# -- the fake LLM API ---------------------------------------------------------------------------
+# -- the fake LLM API -----------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +80,7 @@ def _reset_fake(request: pytest.FixtureRequest) -> None:
         fake.token_delay = 0.0
 
 
-# -- our server, in-process on a free port ------------------------------------------------------
+# -- our server, in-process on a free port --------------------------------------------------------
 
 
 @dataclass
@@ -169,43 +98,40 @@ StartServer = Callable[..., Awaitable[RunningServer]]
 
 @pytest.fixture
 async def start_server(fake_openai: FakeOpenAI) -> AsyncIterator[StartServer]:
-    """Start our app on a free port. Keyword arguments override Settings fields; ``store=``
-    (and the other create_app keywords) inject adapters."""
-    runners: list[web.AppRunner] = []
+    """Start our app on a free port, answering with the fake LLM API. Keyword arguments are
+    Settings fields; ``store=`` injects a store."""
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(*, store: Store | None = None, **overrides: Any) -> RunningServer:
-        base = Settings(
-            host="127.0.0.1",
-            port=0,
-            openai_api_key="sk-test",
-            openai_base_url=fake_openai.url,
-            ai_models=("good",),
-            ai_lock_ttl_seconds=5,
-        )
-        settings = dataclasses.replace(base, **overrides)
-        app = create_app(settings, store=store)
-        runner = web.AppRunner(app, shutdown_timeout=1)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        return RunningServer(f"http://{host}:{port}", app)
+        async def start(*, store: Store | None = None, **overrides: Any) -> RunningServer:
+            defaults = {
+                "openai_api_key": "sk-test",
+                "openai_base_url": fake_openai.url,
+                "ai_models": ("good",),
+                "ai_lock_ttl_seconds": 5,
+            }
+            settings = settings_for_tests(**{**defaults, **overrides})
+            served = await stack.enter_async_context(serve(create_app(settings, store=store)))
+            return RunningServer(served.url, served.app)
 
-    yield start
-    for runner in reversed(runners):
-        await runner.cleanup()
+        yield start
+
+
+Connect = Callable[..., Awaitable[ChatClient]]
 
 
 @pytest.fixture
-async def connect() -> AsyncIterator[Callable[..., Awaitable[ChatClient]]]:
-    """Connect recording clients; all are disconnected at the end of the test."""
+async def connect() -> AsyncIterator[Connect]:
+    """Connect recording clients (``join=`` joins a consultation too); all are disconnected at
+    the end of the test."""
     clients: list[ChatClient] = []
 
-    async def make(url: str, **kwargs: Any) -> ChatClient:
+    async def make(url: str, *, join: str | None = None, **kwargs: Any) -> ChatClient:
         client = ChatClient(url, **kwargs)
         clients.append(client)
-        return await client.connect()
+        await client.connect()
+        if join is not None:
+            await client.join(join)
+        return client
 
     yield make
     for client in clients:
@@ -213,7 +139,7 @@ async def connect() -> AsyncIterator[Callable[..., Awaitable[ChatClient]]]:
             await client.disconnect()
 
 
-# -- tokens -------------------------------------------------------------------------------------
+# -- tokens ---------------------------------------------------------------------------------------
 
 
 def make_token(
@@ -234,7 +160,7 @@ def make_token(
     return jwt.encode(payload, secret, algorithm=algorithm)
 
 
-# -- several app processes behind a real nginx --------------------------------------------------
+# -- several app processes behind a real nginx ----------------------------------------------------
 
 
 class Cluster:
@@ -246,11 +172,11 @@ class Cluster:
 
     def start_apps(self, count: int, **env: str) -> list[AppProcess]:
         started = [
-            AppProcess(
-                {**self.env, **env}, self.workdir / f"app{len(self.apps) + i + 1}.log"
-            ).start()
+            AppProcess({**self.env, **env}, self.workdir / f"app{len(self.apps) + i + 1}.log")
             for i in range(count)
         ]
+        for app in started:
+            app.start()
         self.apps.extend(started)
         for app in started:
             app.wait_ready()
@@ -258,7 +184,8 @@ class Cluster:
 
     def start_nginx(self, apps: list[AppProcess] | None = None) -> Nginx:
         upstreams = [f"127.0.0.1:{app.port}" for app in (apps or self.apps)]
-        proxy = Nginx(upstreams, self.workdir / f"nginx{len(self.proxies) + 1}").start()
+        proxy = Nginx(upstreams=upstreams, workdir=self.workdir / f"nginx{len(self.proxies) + 1}")
+        proxy.start()
         self.proxies.append(proxy)
         return proxy
 

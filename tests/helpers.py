@@ -1,37 +1,38 @@
-"""Test helpers: free ports, waiting for sockets, a recording Socket.IO client."""
+"""Test helpers: a recording Socket.IO client, and waiting on conditions."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 import socketio
 
+from server.domain.events import CATALOGUE
+
 NAMESPACE = "/chat"
-SERVER_EVENTS = ("userMessage", "aiThinking", "aiChunk", "aiMessage", "error", "rateWarning")
+SERVER_EVENTS = tuple(event.name for event in CATALOGUE.server)
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
-
-
+T = TypeVar("T")
 Predicate = Callable[[dict[str, Any]], bool]
+
+
+async def eventually(
+    check: Callable[[], T | Awaitable[T]], *, timeout: float = 10, interval: float = 0.05
+) -> T:
+    """Poll ``check`` (sync or async) until it returns something truthy; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)
 
 
 class ChatClient:
@@ -42,13 +43,14 @@ class ChatClient:
         url: str,
         *,
         token: str | None = None,
+        auth: dict[str, Any] | None = None,
         transports: list[str] | None = None,
         headers: dict[str, str] | None = None,
         source_ip: str | None = None,
         reconnection: bool = False,
     ) -> None:
         self.url = url
-        self.token = token
+        self.auth = {**(auth or {}), **({"token": token} if token else {})} or None
         self.transports = transports
         self.headers = headers or {}
         self.events: list[tuple[str, Any]] = []
@@ -84,7 +86,7 @@ class ChatClient:
         await self.sio.connect(
             self.url,
             namespaces=[NAMESPACE],
-            auth={"token": self.token} if self.token else None,
+            auth=self.auth,
             transports=self.transports,
             headers=self.headers,
             wait_timeout=10,
@@ -111,6 +113,35 @@ class ChatClient:
         )
         assert ack["ok"], ack
         return dict(ack["message"])
+
+    async def ask(
+        self, consultation_id: str, content: str, *, timeout: float = 20
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Send, then wait for the reply that answers it and its ``aiThinking done``: (the stored
+        message, the reply)."""
+        sent = await self.send(consultation_id, content)
+        [reply] = await self.wait_for(
+            "aiMessage",
+            lambda m: m["consultationId"] == consultation_id and m["seq"] > sent["seq"],
+            timeout=timeout,
+        )
+        position = self.events.index(("aiMessage", reply))
+
+        def done_after_reply() -> bool:
+            return any(
+                name == "aiThinking" and data["status"] == "done"
+                for name, data in self.events[position:]
+            )
+
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(done_after_reply)
+        return sent, reply
+
+    async def fails(self, event: str, data: Any = None) -> str:
+        """Send an event that must be refused; return its error code."""
+        ack = await self.call(event, data)
+        assert ack["ok"] is False, ack
+        return str(ack["error"]["code"])
 
     def of(self, name: str, predicate: Predicate | None = None) -> list[Any]:
         return [d for n, d in self.events if n == name and (predicate is None or predicate(d))]
@@ -143,3 +174,10 @@ def chunks_by_message(client: ChatClient) -> dict[str, list[dict[str, Any]]]:
     for chunk in client.of("aiChunk"):
         grouped.setdefault(chunk["messageId"], []).append(chunk)
     return grouped
+
+
+def assert_clean_stream(client: ChatClient, message: dict[str, Any]) -> None:
+    """The reply's chunks arrived gap-free, in order, once each, and add up to the reply."""
+    chunks = chunks_by_message(client)[message["id"]]
+    assert [c["index"] for c in chunks] == list(range(len(chunks))), "gap, reorder or duplicate"
+    assert "".join(c["content"] for c in chunks) == message["content"]

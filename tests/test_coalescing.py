@@ -1,7 +1,7 @@
 """The aiChunk coalescing policy of ReplyService, on the in-memory store and coordination.
 
 The assistant here is a scripted stand-in for the LLM (the only part tests may replace) and the
-notifier records what the room would receive, with the loop time of each emit. The end-to-end
+rooms record what the room would receive, with the loop time of each emit. The end-to-end
 behaviour through Socket.IO is covered in tests/e2e; this pins down *when* chunks leave.
 """
 
@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.coordination.memory import MemoryCoordination
+from server.coordination import in_memory
+from server.domain.events import ServerEvent
 from server.domain.models import ConsultationKey
 from server.domain.ports import Delta, ReplyRequest
-from server.domain.replies import ReplyService, ReplySettings
+from server.domain.replies import ReplyCoordination, ReplyService, ReplySettings
 from server.storage.memory import MemoryStore
 
 WINDOW = 0.3  # seconds; generous so a loaded CI machine cannot blur "held" and "at once"
@@ -41,18 +42,24 @@ class ScriptedAssistant:
 
 
 @dataclass
-class RecordingNotifier:
+class RecordingRooms:
+    """The Rooms port, recording what the room would receive and when."""
+
     events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def to_room(
-        self, key: ConsultationKey, event: str, data: dict[str, Any], *, skip: str | None = None
-    ) -> None:
-        self.events.append((asyncio.get_running_loop().time(), event, data))
-        if event == "aiMessage":
+    async def join(self, connection_id: str, room: str) -> None:
+        return None
+
+    async def leave(self, connection_id: str, room: str) -> None:
+        return None
+
+    async def to_room(self, room: str, event: ServerEvent, *, skip: str | None = None) -> None:
+        self.events.append((asyncio.get_running_loop().time(), event.name, event.to_wire()))
+        if event.name == "aiMessage":
             self.done.set()
 
-    async def to_connection(self, connection_id: str, event: str, data: dict[str, Any]) -> None:
+    async def to_connection(self, connection_id: str, event: ServerEvent) -> None:
         return None
 
     def chunks(self) -> list[tuple[float, dict[str, Any]]]:
@@ -61,12 +68,15 @@ class RecordingNotifier:
 
 async def run_reply(script: list[tuple[float, str]], window: float) -> tuple[Any, Any]:
     assistant = ScriptedAssistant(script)
-    notifier = RecordingNotifier()
+    notifier = RecordingRooms()
+    coordination = in_memory()
     service = ReplyService(
         MemoryStore(),
         assistant,
         notifier,
-        MemoryCoordination(),
+        ReplyCoordination(
+            coordination.locks, coordination.queue, coordination.buffer, coordination.stops
+        ),
         ReplySettings(system_prompt="test", chunk_flush_seconds=window),
     )
     service.request(ConsultationKey("tenant", "coalescing"))

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from server.config import Settings
-from tests.cluster import nginx_binary, render_nginx_conf
+from tests.servers import nginx_binary, render_nginx_conf
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = (ROOT / "deploy" / "nginx.conf").read_text()

@@ -1,15 +1,42 @@
-"""Small pure functions: configuration parsing, client addresses, payload schemas."""
+"""The pure parts: settings, client addresses, payload schemas, the SSE decoder, JWT claims, the
+rate limiter's warning, the fallback chain, the error hierarchy, the event catalogue."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
 import pytest
 import socketio
 from socketio import packet as sio_packet
 
+from server.ai.fallback import FallbackAssistant
+from server.ai.openai_provider import SseDecoder
 from server.config import ConfigError, Settings
-from server.domain.models import ConsultationKey
-from server.transport.fanout import encode_event
+from server.coordination.rates import MemoryRateLimits
+from server.domain.events import CATALOGUE, JoinConsultation, SendMessage
+from server.domain.models import Author, ConsultationKey, Identity, Role
+from server.domain.policies import RateLimiter, RatePolicy
+from server.domain.ports import Delta, ReplyRequest, Turn
+from server.errors import (
+    AppError,
+    AssistantUnavailable,
+    InvalidPayload,
+    RateLimited,
+    ReplyInterrupted,
+    Unauthorized,
+    error_classes,
+)
+from server.transport.auth import Authenticator
 from server.transport.net import client_address, parse_networks
+from server.transport.socketio.fanout import encode_event
+from tests.conftest import JWT_SECRET, ROOT
+
+# -- settings -------------------------------------------------------------------------------------
 
 
 def test_settings_defaults_are_the_embedded_mode() -> None:
@@ -31,12 +58,18 @@ def test_settings_read_lists_numbers_and_hide_secrets() -> None:
             "MONGODB_URL": "mongodb://user:pw@db",
             "CORS_ORIGINS": "https://app.example",
             "TRUSTED_PROXIES": "10.0.0.0/8, ::1",
+            "AI_REPLIES": "off",
+            "LOG_LEVEL": "debug",
+            "MAX_CONNECTIONS": "  ",  # blank: unset
         }
     )
     assert settings.ai_models == ("a", "b", "c")
     assert settings.port == 9000
     assert settings.allowed_origins == ["https://app.example"]
     assert settings.trusted_proxies == ("10.0.0.0/8", "::1")
+    assert settings.ai_replies is False
+    assert settings.log_level == "DEBUG"
+    assert settings.max_connections == 10_000
     for secret in ("s3cret", "sk-live", "pw@db"):
         assert secret not in repr(settings)
 
@@ -48,18 +81,51 @@ def test_without_cors_origins_a_jwt_server_is_same_origin_only() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"PORT": "x"}, "PORT must be an integer"),
+        ({"PORT": "x"}, "PORT must be an integer, got 'x'"),
         ({"AI_CONTEXT_MESSAGES": "0"}, "AI_CONTEXT_MESSAGES must be >= 1"),
         ({"AI_TIMEOUT_SECONDS": "soon"}, "AI_TIMEOUT_SECONDS must be a number"),
         ({"TRUSTED_PROXIES": "10.0.0.300"}, "not an IP address"),
+        ({"WS_COMPRESSION": "maybe"}, "WS_COMPRESSION must be true or false"),
+        ({"MAX_HTTP_BUFFER_SIZE": "10"}, "MAX_HTTP_BUFFER_SIZE must be >= 1024"),
     ],
 )
 def test_bad_settings_are_refused_with_the_variable_named(
     env: dict[str, str], message: str
 ) -> None:
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.from_env(env)
 
+
+def test_the_readme_configuration_table_lists_exactly_the_settings() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented: set[str] = set()
+    for row in re.findall(r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \|", section, re.M):
+        documented.update(re.findall(r"`([A-Z_]+)`", row))
+    assert documented == set(Settings.env_names())
+
+
+def test_the_readme_configuration_defaults_match_the_settings() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    defaults = Settings.from_env({})
+    for names, default_cell in re.findall(
+        r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| ([^|]*) \|", section, re.M
+    ):
+        values = re.findall(r"`([^`]*)`", default_cell)
+        for name, documented in zip(re.findall(r"`([A-Z_]+)`", names), values, strict=False):
+            actual = getattr(defaults, name.lower())
+            if isinstance(actual, tuple):
+                actual = ",".join(actual)
+            if isinstance(actual, bool):
+                assert documented in ({"on", "true"} if actual else {"off", "false"}), name
+            elif isinstance(actual, (int, float)) and not isinstance(actual, bool):
+                assert float(documented) == actual, name
+            elif isinstance(actual, str) and documented:
+                assert documented == actual, name
+
+
+# -- client addresses -----------------------------------------------------------------------------
 
 PROXIES = parse_networks(["10.0.0.0/8", "127.0.0.1"])
 
@@ -87,6 +153,204 @@ def test_without_trusted_proxies_the_peer_is_the_client() -> None:
 
 def test_room_names_cannot_collide_across_tenants() -> None:
     assert ConsultationKey("a:b", "c").room != ConsultationKey("a", "b:c").room
+
+
+# -- payloads -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "message", "field"),
+    [
+        (
+            {"consultationId": "bad id"},
+            "consultationId may only contain letters, digits",
+            "consultationId",
+        ),
+        ({}, "consultationId is required", "consultationId"),
+        ({"consultationId": 5}, "consultationId must be a string", "consultationId"),
+        ({"consultationId": "x" * 200}, "consultationId is longer than 128", "consultationId"),
+        ({"consultationId": "ok", "lastSeq": -1}, "lastSeq must be at least 0", "lastSeq"),
+        ({"consultationId": "ok", "lastSeq": "3"}, "lastSeq must be an integer", "lastSeq"),
+    ],
+)
+def test_invalid_payloads_are_explained_for_people(
+    payload: dict[str, Any], message: str, field: str
+) -> None:
+    with pytest.raises(InvalidPayload) as raised:
+        JoinConsultation.parse(payload)
+    assert raised.value.message.startswith(message), raised.value.message
+    assert "pattern" not in raised.value.message and "Input should" not in raised.value.message
+    assert raised.value.to_wire()["field"] == field
+
+
+def test_a_payload_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(InvalidPayload, match="must be an object, not a string"):
+        SendMessage.parse("hello")
+
+
+# -- the SSE decoder ------------------------------------------------------------------------------
+
+
+def decode(lines: list[str]) -> list[str]:
+    decoder = SseDecoder()
+    return [data for line in lines if (data := decoder.feed(line)) is not None]
+
+
+def test_sse_events_end_at_a_blank_line() -> None:
+    assert decode(['data: {"a":1}', "", "data: [DONE]", ""]) == ['{"a":1}', "[DONE]"]
+
+
+def test_sse_multi_line_data_is_joined_with_newlines() -> None:
+    lines = ["data: {", 'data:   "a": 1', "data: }", ""]
+    assert decode(lines) == ['{\n  "a": 1\n}']
+
+
+def test_sse_comments_other_fields_and_blank_runs_are_ignored() -> None:
+    lines = [": keep-alive", "", "event: message", "id: 7", "retry: 10", "data:x", "", ""]
+    assert decode(lines) == ["x"]
+    assert decode(["data: unterminated"]) == []  # an event without its blank line is dropped
+
+
+# -- JWT claims -----------------------------------------------------------------------------------
+
+AUTH = Authenticator(secret=JWT_SECRET)
+
+
+def claims_token(**claims: Any) -> str:
+    return jwt.encode(
+        {"exp": datetime.now(UTC) + timedelta(minutes=5), **claims}, JWT_SECRET, "HS256"
+    )
+
+
+def test_jwt_claims_make_the_identity() -> None:
+    identity = AUTH.identify(claims_token(sub="u1", tenant="t1", role="operator", name="Olga"))
+    assert (identity.user_id, identity.tenant_id, identity.role) == ("u1", "t1", Role.OPERATOR)
+    assert identity.name == "Olga" and identity.expires_at is not None
+    defaults = AUTH.identify(claims_token(sub="u2"))
+    assert (defaults.tenant_id, defaults.role, defaults.name) == ("default", Role.USER, None)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"sub": ""}, {"sub": 5}, {"sub": "u", "tenant": ""}, {"sub": "u", "role": "root"}, {}],
+)
+def test_jwt_claims_that_make_no_identity_are_refused(claims: dict[str, Any]) -> None:
+    with pytest.raises(Unauthorized):
+        AUTH.identify(claims_token(**claims))
+
+
+def test_dev_auth_makes_guests_and_refuses_tokens() -> None:
+    dev = Authenticator(secret=None)
+    first, second = dev.identify(None), dev.identify(None)
+    assert first.user_id.startswith("guest-") and first.user_id != second.user_id
+    with pytest.raises(Unauthorized):
+        dev.identify(claims_token(sub="u1"))
+
+
+def test_issued_tokens_verify() -> None:
+    token = AUTH.issue("u9", tenant="t9", role=Role.ADMIN, name="Ada")
+    identity = AUTH.identify(token)
+    assert (identity.user_id, identity.tenant_id, identity.role) == ("u9", "t9", Role.ADMIN)
+
+
+# -- the rate limiter -----------------------------------------------------------------------------
+
+
+async def test_the_rate_limiter_warns_from_80_percent_then_refuses() -> None:
+    limiter = RateLimiter(MemoryRateLimits(), RatePolicy(messages=5, window_seconds=30))
+    user = Identity("u1", "t1")
+    warnings = [limiter.warning(await limiter.hit(user)) for _ in range(5)]
+    assert warnings[:3] == [None, None, None]
+    assert [w.remaining for w in warnings[3:] if w is not None] == [1, 0]
+    assert warnings[3] is not None and warnings[3].to_wire() == {
+        "limit": 5,
+        "remaining": 1,
+        "windowSeconds": 30,
+    }
+    with pytest.raises(RateLimited) as refused:
+        await limiter.hit(user)
+    assert 1 <= refused.value.to_wire()["retryAfter"] <= 30
+    assert (await limiter.hit(Identity("u2", "t1"))).allowed  # per user
+
+
+# -- the fallback chain ---------------------------------------------------------------------------
+
+
+@dataclass
+class Scripted:
+    """An assistant that fails before any text, after some, or answers."""
+
+    name: str
+    fail_after: int | None = None
+    calls: int = 0
+    closed: bool = False
+
+    async def stream(self, request: ReplyRequest) -> AsyncIterator[Delta]:
+        self.calls += 1
+        for i, word in enumerate(["one ", "two ", "three "]):
+            if self.fail_after == i:
+                raise ReplyInterrupted() if i else AssistantUnavailable()
+            yield Delta(word, self.name)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+REQUEST = ReplyRequest("be brief", [Turn(Author.USER, "hi")])
+
+
+async def collect(assistant: FallbackAssistant) -> list[Delta]:
+    return [delta async for delta in assistant.stream(REQUEST)]
+
+
+async def test_the_chain_moves_on_only_before_the_first_token() -> None:
+    down, good = Scripted("down", fail_after=0), Scripted("good")
+    deltas = await collect(FallbackAssistant([down, good]))
+    assert [d.model for d in deltas] == ["good"] * 3
+    broken, spare = Scripted("broken", fail_after=2), Scripted("spare")
+    with pytest.raises(ReplyInterrupted):
+        await collect(FallbackAssistant([broken, spare]))
+    assert spare.calls == 0  # text had reached the room: no restart on another model
+
+
+async def test_a_chain_where_every_model_fails_is_unavailable_and_closes_them_all() -> None:
+    closed_client: list[bool] = []
+
+    async def close_client() -> None:
+        closed_client.append(True)
+
+    chain = [Scripted("a", fail_after=0), Scripted("b", fail_after=0)]
+    assistant = FallbackAssistant(chain, close=close_client)
+    with pytest.raises(AssistantUnavailable, match="No model"):
+        await collect(assistant)
+    await assistant.close()
+    assert all(s.closed for s in chain) and closed_client == [True]
+
+
+# -- errors and the catalogue ---------------------------------------------------------------------
+
+
+def test_every_error_code_has_an_http_status() -> None:
+    classes = error_classes()
+    codes = [cls.code for cls in classes]
+    assert len(codes) == len(set(codes))
+    assert {"rate_limited", "coordination_unavailable", "too_many_connections"} <= set(codes)
+    statuses = {cls.code: cls.http_status for cls in classes}
+    assert statuses["rate_limited"] == 429 and statuses["coordination_unavailable"] == 503
+    assert statuses["too_many_connections"] == 429 and statuses["not_found"] == 404
+    assert all(400 <= status < 600 for status in statuses.values())
+    assert AppError.http_status == 500
+
+
+def test_every_catalogue_handler_exists() -> None:
+    from server.domain.session import ChatSession
+
+    for entry in CATALOGUE.client:
+        assert callable(getattr(ChatSession, entry.handler, None)), entry.name
+        assert set(entry.causes) <= set(CATALOGUE.server), entry.name
+
+
+# -- broadcast encoding ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from ..domain.ports import Assistant, Delta, ReplyRequest
 from ..errors import AssistantUnavailable, ReplyInterrupted
 
 
 class FallbackAssistant:
-    def __init__(self, chain: Sequence[Assistant]) -> None:
+    def __init__(
+        self,
+        chain: Sequence[Assistant],
+        *,
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         if not chain:
             raise ValueError("the fallback chain needs at least one assistant")
         self._chain = list(chain)
+        self._close = close  # what the chain shares (an HTTP client), closed after it
 
     async def stream(self, request: ReplyRequest) -> AsyncIterator[Delta]:
         last_error: AssistantUnavailable | None = None
@@ -33,3 +39,5 @@ class FallbackAssistant:
     async def close(self) -> None:
         for assistant in self._chain:
             await assistant.close()
+        if self._close is not None:
+            await self._close()

@@ -54,8 +54,12 @@ class OpenAIModel:
                 async with completions.create(
                     model=self.model, messages=messages, stream=True
                 ) as response:
+                    decoder = SseDecoder()
                     async for line in response.iter_lines():
-                        event = _data_event(line)
+                        data = decoder.feed(line)
+                        if data is None:
+                            continue
+                        event = _json_event(data)
                         if event is _DONE:
                             break
                         text = _delta_text(event)
@@ -78,14 +82,34 @@ class OpenAIModel:
 _DONE: Any = object()
 
 
-def _data_event(line: str) -> Any:
-    """The JSON of an SSE ``data:`` line, ``_DONE`` at the end, None for anything else."""
-    if not line.startswith("data:"):
+class SseDecoder:
+    """Server-sent events, line by line (the WHATWG event-stream rules that matter here): an
+    event's ``data:`` lines are joined with newlines and the event is complete at the blank
+    line that ends it; comments (``:``) and other fields are ignored."""
+
+    def __init__(self) -> None:
+        self._data: list[str] | None = None
+
+    def feed(self, line: str) -> str | None:
+        """Take one line (without its line break); return an event's data when it ends."""
+        if not line:
+            data, self._data = self._data, None
+            return "\n".join(data) if data is not None else None
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        if name == "data":
+            if self._data is None:
+                self._data = []
+            self._data.append(value.removeprefix(" "))
         return None
-    payload = line[5:].strip()
-    if payload == "[DONE]":
+
+
+def _json_event(data: str) -> Any:
+    """The JSON of an event's data, ``_DONE`` at the end."""
+    if data.strip() == "[DONE]":
         return _DONE
-    event = json.loads(payload)
+    event = json.loads(data)
     if isinstance(event, dict) and "error" in event:
         raise ValueError(f"the provider sent an error event: {event['error']}")
     return event

@@ -1,1 +1,72 @@
-"""Coordination implementations: ``memory`` (one instance) and ``redis`` (a cluster)."""
+"""Coordination between instances, one module per concern (``locks``, ``queue``, ``buffer``,
+``stops``, ``rates``, ``registry``), each with a memory and a Redis implementation; ``failover``
+wraps each Redis one so that an instance keeps serving its own clients while Redis is down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..domain.ports import (
+    ConnectionRegistry,
+    RateLimits,
+    ReplyBuffer,
+    ReplyLocks,
+    ReplyQueue,
+    StopSignals,
+)
+from .buffer import MemoryReplyBuffer, RedisReplyBuffer
+from .failover import (
+    Degraded,
+    FailoverConnectionRegistry,
+    FailoverRateLimits,
+    FailoverReplyBuffer,
+    FailoverReplyLocks,
+    FailoverReplyQueue,
+    FailoverStopSignals,
+)
+from .locks import MemoryReplyLocks, RedisReplyLocks
+from .queue import MemoryReplyQueue, RedisReplyQueue
+from .rates import MemoryRateLimits, RedisRateLimits
+from .redis_support import RedisHandle
+from .registry import MemoryConnectionRegistry, RedisConnectionRegistry
+from .stops import MemoryStopSignals, RedisStopSignals
+
+
+@dataclass(frozen=True)
+class Coordination:
+    """Every coordination concern of one instance."""
+
+    locks: ReplyLocks
+    queue: ReplyQueue
+    buffer: ReplyBuffer
+    stops: StopSignals
+    rates: RateLimits
+    registry: ConnectionRegistry
+
+
+def in_memory() -> Coordination:
+    """One instance: everything in this process."""
+    return Coordination(
+        locks=MemoryReplyLocks(),
+        queue=MemoryReplyQueue(),
+        buffer=MemoryReplyBuffer(),
+        stops=MemoryStopSignals(),
+        rates=MemoryRateLimits(),
+        registry=MemoryConnectionRegistry(),
+    )
+
+
+def on_redis(redis: RedisHandle) -> Coordination:
+    """A cluster: Redis, falling back to this process's memory while Redis is down."""
+    local = in_memory()
+    degraded = Degraded()
+    return Coordination(
+        locks=FailoverReplyLocks(RedisReplyLocks(redis), local.locks, degraded),
+        queue=FailoverReplyQueue(RedisReplyQueue(redis), local.queue, degraded),
+        buffer=FailoverReplyBuffer(RedisReplyBuffer(redis), local.buffer, degraded),
+        stops=FailoverStopSignals(RedisStopSignals(redis), local.stops, degraded),
+        rates=FailoverRateLimits(RedisRateLimits(redis), local.rates, degraded),
+        registry=FailoverConnectionRegistry(
+            RedisConnectionRegistry(redis), local.registry, degraded
+        ),
+    )

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ..errors import Forbidden, InvalidPayload, NotFound, NotJoined
-from .models import (
-    Author,
-    Consultation,
-    ConsultationKey,
-    Identity,
-    Message,
-    NewMessage,
-    new_id,
-    utcnow,
-)
+from ..errors import Forbidden, InvalidPayload, NotFound
+from .events import UserMessage
+from .models import Author, Consultation, ConsultationKey, Identity, Message
 from .policies import Moderation, RateLimiter
-from .ports import Coordination, Notifier, Partial, Store
+from .ports import Partial, Rooms, Store
 from .replies import ReplyService
-
-EnterRoom = Callable[[ConsultationKey], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -47,23 +36,21 @@ class ConsultationService:
         self,
         store: Store,
         replies: ReplyService,
-        notifier: Notifier,
-        coordination: Coordination,
+        rooms: Rooms,
         *,
         limits: Limits,
         rate_limiter: RateLimiter,
         moderation: Moderation | None = None,
     ) -> None:
         self._store = store
-        self._coordination = coordination
         self._rate_limiter = rate_limiter
         self._moderation = moderation or Moderation()
         self._replies = replies
-        self._notifier = notifier
+        self._rooms = rooms
         self.limits = limits
 
     async def join(
-        self, identity: Identity, consultation_id: str, last_seq: int | None, enter: EnterRoom
+        self, identity: Identity, connection_id: str, consultation_id: str, last_seq: int | None
     ) -> Joined:
         key = ConsultationKey(identity.tenant_id, consultation_id)
         consultation = await self._store.get_or_create(key, identity.user_id)
@@ -71,10 +58,10 @@ class ConsultationService:
             raise Forbidden()
         # Enter the room before reading history: a message stored in between is then seen
         # live (clients de-duplicate by seq) instead of being missed.
-        await enter(key)
+        await self._rooms.join(connection_id, key.room)
         # Read the partial reply before the history: if the reply is stored in between, it is
         # in the history and the stale partial is dropped below; never the other way round.
-        streaming = await self._coordination.read_partial(key.room)
+        streaming = await self._replies.streaming(key)
         messages = await self._page(
             key,
             last_seq,
@@ -84,6 +71,9 @@ class ConsultationService:
         if streaming is not None and any(m.id == streaming.message_id for m in messages):
             streaming = None
         return Joined(consultation, messages, streaming)
+
+    async def leave(self, connection_id: str, key: ConsultationKey) -> None:
+        await self._rooms.leave(connection_id, key.room)
 
     async def history(
         self, identity: Identity, consultation_id: str, after_seq: int | None, limit: int | None
@@ -117,13 +107,11 @@ class ConsultationService:
         self._moderation.check(content)
         rate = await self._rate_limiter.hit(identity)
         appended = await self._store.append(
-            NewMessage(
-                id=new_id(),
-                key=consultation.key,
-                author=Author.USER,
+            Message.new(
+                consultation.key,
+                Author.USER,
+                content,
                 user_id=identity.user_id,
-                content=content,
-                created_at=utcnow(),
                 client_message_id=client_message_id,
             )
         )
@@ -131,13 +119,13 @@ class ConsultationService:
             # Stored first, broadcast second: a message that failed to store is never
             # broadcast. A retried clientMessageId returns the original, broadcast once and
             # answered once.
-            await self._notifier.to_room(
-                consultation.key, "userMessage", appended.message.to_wire(), skip=origin
+            await self._rooms.to_room(
+                consultation.key.room, UserMessage(message=appended.message), skip=origin
             )
             self._replies.request(consultation.key)
         warning = self._rate_limiter.warning(rate)
         if warning is not None and origin is not None:
-            await self._notifier.to_connection(origin, "rateWarning", warning)
+            await self._rooms.to_connection(origin, warning)
         return appended.message
 
     async def stop(self, consultation: Consultation) -> bool:
@@ -151,48 +139,3 @@ class ConsultationService:
                 f"content is longer than {self.limits.max_message_chars} characters",
                 field="content",
             )
-
-
-@dataclass
-class ChatSession:
-    """One connection's view: who it is and which consultations it has joined."""
-
-    identity: Identity
-    service: ConsultationService
-    origin: str
-    joined: dict[str, Consultation] = field(default_factory=dict)
-
-    async def join(self, consultation_id: str, last_seq: int | None, enter: EnterRoom) -> Joined:
-        result = await self.service.join(self.identity, consultation_id, last_seq, enter)
-        self.joined[consultation_id] = result.consultation
-        return result
-
-    def leave(self, consultation_id: str) -> ConsultationKey | None:
-        consultation = self.joined.pop(consultation_id, None)
-        return consultation.key if consultation else None
-
-    async def send(
-        self, consultation_id: str, content: str, client_message_id: str | None
-    ) -> Message:
-        return await self.service.send(
-            self.identity, self._joined(consultation_id), content, client_message_id, self.origin
-        )
-
-    async def stop(self, consultation_id: str) -> bool:
-        """Stop the reply streaming in a joined consultation; True when one was running."""
-        return await self.service.stop(self._joined(consultation_id))
-
-    def refresh(self, identity: Identity) -> None:
-        """Adopt a fresh token's identity: it must be the same user of the same tenant."""
-        if (identity.tenant_id, identity.user_id) != (
-            self.identity.tenant_id,
-            self.identity.user_id,
-        ):
-            raise Forbidden("A refreshed token must be for the same user")
-        self.identity = identity
-
-    def _joined(self, consultation_id: str) -> Consultation:
-        consultation = self.joined.get(consultation_id)
-        if consultation is None:
-            raise NotJoined()
-        return consultation

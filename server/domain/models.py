@@ -1,4 +1,9 @@
-"""Value objects of the domain (frozen, typed, free of any driver)."""
+"""Value objects of the domain (frozen, typed, free of any driver).
+
+``Message`` and ``Consultation`` are pydantic models whose field aliases are their wire names:
+the wire form, the event catalogue's schemas and the Mongo documents are all derived from the
+fields, so adding a field is one edit here.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic.alias_generators import to_camel
 
 
 class Role(StrEnum):
@@ -20,6 +28,8 @@ class Author(StrEnum):
 
     USER = "user"
     ASSISTANT = "assistant"
+    OPERATOR = "operator"  # a human operator of the tenant
+    SYSTEM = "system"  # a record of a change of the consultation (handoff), written by us
 
 
 class MessageStatus(StrEnum):
@@ -28,7 +38,16 @@ class MessageStatus(StrEnum):
     STOPPED = "stopped"
 
 
-@dataclass(frozen=True)
+class Mode(StrEnum):
+    """Who answers a consultation: ``ai`` → ``waiting`` → ``operator`` → ``ai`` | ``closed``."""
+
+    AI = "ai"
+    WAITING = "waiting"
+    OPERATOR = "operator"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """Who is calling: always taken from a verified token (or dev auth), never from payloads."""
 
@@ -42,8 +61,12 @@ class Identity:
     def is_staff(self) -> bool:
         return self.role in (Role.OPERATOR, Role.ADMIN)
 
+    @property
+    def display_name(self) -> str:
+        return self.name or self.user_id
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class ConsultationKey:
     """A consultation is identified by its tenant and its id: ids are only unique per tenant."""
 
@@ -56,85 +79,109 @@ class ConsultationKey:
         return f"c:{len(self.tenant_id)}:{self.tenant_id}:{self.consultation_id}"
 
 
-@dataclass(frozen=True)
-class Consultation:
-    key: ConsultationKey
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a ``Z``, as JavaScript's ``Date`` prints it."""
+    # isoformat is C and ~10x faster than strftime; in UTC it always ends in "+00:00".
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(iso, return_type=str, when_used="json"),
+    Field(json_schema_extra={"format": "date-time"}),
+]
+
+
+class Record(BaseModel):
+    """A stored, immutable record: camelCase on the wire and in the database."""
+
+    model_config = ConfigDict(
+        frozen=True, alias_generator=to_camel, validate_by_name=True, validate_by_alias=True
+    )
+    # Fields the wire leaves out when they are None (the rest is always present).
+    omit_when_none: ClassVar[frozenset[str]] = frozenset()
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = self.model_dump(mode="json", by_alias=True)
+        for name in self.omit_when_none:
+            alias = to_camel(name)
+            if wire.get(alias, 0) is None:
+                del wire[alias]
+        return wire
+
+
+class OperatorRef(BaseModel):
+    """The operator holding a consultation."""
+
+    model_config = ConfigDict(frozen=True)
+    id: str
+    name: str
+
+
+class Message(Record):
+    id: str
+    consultation_id: str
+    tenant_id: str = Field(exclude=True)  # the tenant is the caller's own: never echoed
+    seq: int = 0  # 0 until stored: the store allocates it
+    role: Author
+    user_id: str | None = None
+    content: str
+    timestamp: Timestamp
+    status: MessageStatus = MessageStatus.COMPLETE
+    model: str | None = None
+    client_message_id: str | None = None
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"model", "client_message_id"})
+
+    @property
+    def key(self) -> ConsultationKey:
+        return ConsultationKey(self.tenant_id, self.consultation_id)
+
+    @classmethod
+    def new(cls, key: ConsultationKey, role: Author, content: str, **fields: Any) -> Message:
+        """A message about to be stored (``seq`` 0); the store allocates its ``seq``."""
+        return cls(
+            id=fields.pop("id", None) or new_id(),
+            consultation_id=key.consultation_id,
+            tenant_id=key.tenant_id,
+            role=role,
+            content=content,
+            timestamp=fields.pop("timestamp", None) or utcnow(),
+            **fields,
+        )
+
+
+class Consultation(Record):
+    consultation_id: str
+    tenant_id: str
     owner_id: str
-    created_at: datetime
+    created_at: Timestamp
+    mode: Mode = Mode.AI
+    operator: OperatorRef | None = None
+    waiting_since: Timestamp | None = None
+    reason: str | None = None
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"operator", "waiting_since", "reason"})
+
+    @property
+    def key(self) -> ConsultationKey:
+        return ConsultationKey(self.tenant_id, self.consultation_id)
 
     @property
     def id(self) -> str:
-        return self.key.consultation_id
+        return self.consultation_id
 
     def to_wire(self) -> dict[str, Any]:
-        return {
-            "id": self.key.consultation_id,
-            "consultationId": self.key.consultation_id,
-            "tenantId": self.key.tenant_id,
-            "ownerId": self.owner_id,
-            "createdAt": iso(self.created_at),
-        }
-
-
-@dataclass(frozen=True)
-class NewMessage:
-    """A message about to be stored; the store allocates its ``seq``."""
-
-    id: str
-    key: ConsultationKey
-    author: Author
-    user_id: str | None
-    content: str
-    created_at: datetime
-    status: MessageStatus = MessageStatus.COMPLETE
-    model: str | None = None
-    client_message_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Message:
-    id: str
-    key: ConsultationKey
-    seq: int
-    author: Author
-    user_id: str | None
-    content: str
-    created_at: datetime
-    status: MessageStatus = MessageStatus.COMPLETE
-    model: str | None = None
-    client_message_id: str | None = None
+        return {"id": self.consultation_id, **super().to_wire()}
 
     @classmethod
-    def stored(cls, new: NewMessage, seq: int) -> Message:
+    def new(cls, key: ConsultationKey, owner_id: str) -> Consultation:
         return cls(
-            id=new.id,
-            key=new.key,
-            seq=seq,
-            author=new.author,
-            user_id=new.user_id,
-            content=new.content,
-            created_at=new.created_at,
-            status=new.status,
-            model=new.model,
-            client_message_id=new.client_message_id,
+            consultation_id=key.consultation_id,
+            tenant_id=key.tenant_id,
+            owner_id=owner_id,
+            created_at=utcnow(),
         )
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "id": self.id,
-            "consultationId": self.key.consultation_id,
-            "seq": self.seq,
-            "role": self.author.value,
-            "userId": self.user_id,
-            "content": self.content,
-            "timestamp": iso(self.created_at),
-            "status": self.status.value,
-        }
-        if self.author is Author.ASSISTANT:
-            wire["model"] = self.model
-        if self.client_message_id is not None:
-            wire["clientMessageId"] = self.client_message_id
-        return wire
 
 
 def new_id() -> str:
@@ -145,9 +192,3 @@ def utcnow() -> datetime:
     # Millisecond precision: what MongoDB stores, so memory and mongo stores agree exactly.
     now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
-def iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with milliseconds and a ``Z``, as JavaScript's ``Date`` prints it."""
-    # isoformat is C and ~10x faster than strftime; in UTC it always ends in "+00:00".
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"

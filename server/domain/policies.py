@@ -1,6 +1,6 @@
 """Abuse resistance: message rate, connection admission, content moderation.
 
-Limits are enforced through the Coordination port, so they hold cluster-wide with Redis and per
+Limits are enforced through coordination ports, so they hold cluster-wide with Redis and per
 process otherwise.
 """
 
@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import ContentRejected, RateLimited, TooManyConnections
+from .events import RateWarning
 from .models import Identity
-from .ports import Coordination, RateDecision
+from .ports import ConnectionRegistry, RateDecision, RateLimits
 
 
 def user_name(identity: Identity) -> str:
@@ -29,13 +30,13 @@ class RatePolicy:
 
 
 class RateLimiter:
-    def __init__(self, coordination: Coordination, policy: RatePolicy) -> None:
-        self._coordination = coordination
+    def __init__(self, rates: RateLimits, policy: RatePolicy) -> None:
+        self._rates = rates
         self.policy = policy
 
     async def hit(self, identity: Identity) -> RateDecision:
         """Count one message of this user; raise :class:`RateLimited` past the limit."""
-        decision = await self._coordination.hit_rate(
+        decision = await self._rates.hit(
             user_name(identity), self.policy.messages, self.policy.window_seconds
         )
         if not decision.allowed:
@@ -47,15 +48,15 @@ class RateLimiter:
             )
         return decision
 
-    def warning(self, decision: RateDecision) -> dict[str, object] | None:
-        """The soft warning to send at 80% of the limit, or None."""
+    def warning(self, decision: RateDecision) -> RateWarning | None:
+        """The soft warning to send from 80% of the limit, or None."""
         if decision.count < math.ceil(self.policy.messages * self.policy.warn_ratio):
             return None
-        return {
-            "limit": self.policy.messages,
-            "remaining": max(0, self.policy.messages - decision.count),
-            "windowSeconds": self.policy.window_seconds,
-        }
+        return RateWarning(
+            limit=self.policy.messages,
+            remaining=max(0, self.policy.messages - decision.count),
+            window_seconds=self.policy.window_seconds,
+        )
 
 
 class Moderation:
@@ -91,14 +92,14 @@ class ConnectionPolicy:
 class Admission:
     """Admits connections within the per-instance and per-user (cluster-wide) limits."""
 
-    def __init__(self, coordination: Coordination, policy: ConnectionPolicy) -> None:
-        self._coordination = coordination
+    def __init__(self, registry: ConnectionRegistry, policy: ConnectionPolicy) -> None:
+        self._registry = registry
         self.policy = policy
 
     async def admit(self, identity: Identity, connection_id: str, local_count: int) -> None:
         if local_count >= self.policy.max_per_instance:
             raise TooManyConnections("This server is at its connection limit, retry shortly")
-        admitted = await self._coordination.add_presence(
+        admitted = await self._registry.add(
             user_name(identity),
             connection_id,
             self.policy.max_per_user,
@@ -110,9 +111,9 @@ class Admission:
             )
 
     async def release(self, identity: Identity, connection_id: str) -> None:
-        await self._coordination.remove_presence(user_name(identity), connection_id)
+        await self._registry.remove(user_name(identity), connection_id)
 
     async def keep_alive(self, connections: Sequence[tuple[Identity, str]]) -> None:
         entries = [(user_name(identity), cid) for identity, cid in connections]
         if entries:
-            await self._coordination.refresh_presence(entries, self.policy.presence_ttl_seconds)
+            await self._registry.refresh(entries, self.policy.presence_ttl_seconds)

@@ -1,16 +1,26 @@
-"""Ports: what the domain needs from the outside world, as Protocols.
+"""Ports: what the domain needs from the outside world, one small Protocol per concern.
 
-Each port has a memory implementation and a production one, and one contract test suite that
-both pass (``tests/contract``).
+Each port has a memory implementation and a production one (MongoDB, Redis, an LLM API), and
+one contract suite in ``tests/contract`` that every implementation passes.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .models import Author, Consultation, ConsultationKey, Message, NewMessage
+from .events import ServerEvent
+from .models import Author, Consultation, ConsultationKey, Identity, Message
+
+# -- storage -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OneOf:
+    """An expectation of :meth:`ConsultationStore.update` met by any of several values."""
+
+    values: Collection[Any]
 
 
 class ConsultationStore(Protocol):
@@ -20,15 +30,28 @@ class ConsultationStore(Protocol):
 
     async def get(self, key: ConsultationKey) -> Consultation | None: ...
 
+    async def update(
+        self,
+        key: ConsultationKey,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+    ) -> Consultation | None:
+        """Set ``changes`` (Consultation field names) atomically, only while every field of
+        ``expect`` has its value (or one of a :class:`OneOf`'s). Returns the updated
+        consultation, or None when it does not exist or an expectation does not hold: of two
+        concurrent updates expecting the same state, exactly one succeeds."""
+        ...
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class Appended:
     message: Message
     created: bool  # False: a message with the same clientMessageId was already stored
 
 
 class MessageStore(Protocol):
-    async def append(self, message: NewMessage) -> Appended:
+    async def append(self, message: Message) -> Appended:
         """Store the message with the next ``seq`` of its consultation (atomic, gap-free).
 
         A message whose ``client_message_id`` is already stored in its consultation is not
@@ -57,19 +80,22 @@ class Store(ConsultationStore, MessageStore, Protocol):
         ...
 
 
-@dataclass(frozen=True)
+# -- the assistant -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     author: Author
     content: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReplyRequest:
     system_prompt: str
     turns: Sequence[Turn]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delta:
     text: str
     model: str
@@ -83,6 +109,9 @@ class Assistant(Protocol):
     async def close(self) -> None: ...
 
 
+# -- coordination between instances: one Protocol per concern ------------------------------------
+
+
 class Lock(Protocol):
     async def renew(self) -> bool:
         """Extend the lock's expiry; False when it was lost (expired and taken by another)."""
@@ -91,27 +120,14 @@ class Lock(Protocol):
     async def release(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class Partial:
-    """The text of a reply while it streams: what a client joining mid-stream starts from."""
-
-    message_id: str
-    content: str
-    index: int  # index of the last chunk included in ``content``; -1 before the first
-
-
-@dataclass(frozen=True)
-class RateDecision:
-    allowed: bool
-    count: int  # hits in the window, this one included when allowed
-    retry_after: float  # seconds until a hit would be allowed again (0 when allowed)
-
-
-class Coordination(Protocol):
-    """What instances agree on, per consultation: the reply lock, pending-reply flags and the
-    partial-reply buffer."""
+class ReplyLocks(Protocol):
+    """One reply at a time per consultation, cluster-wide; a dead holder's lock expires."""
 
     async def try_lock(self, name: str, ttl_seconds: float) -> Lock | None: ...
+
+
+class ReplyQueue(Protocol):
+    """Whether a consultation has messages waiting for a reply."""
 
     async def mark_pending(self, name: str) -> None: ...
 
@@ -121,33 +137,36 @@ class Coordination(Protocol):
 
     async def is_pending(self, name: str) -> bool: ...
 
-    async def start_partial(self, name: str, message_id: str, ttl_seconds: float) -> None:
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """The text of a reply while it streams: what a client joining mid-stream starts from."""
+
+    message_id: str
+    content: str
+    index: int  # index of the last chunk included in ``content``; -1 before the first
+
+
+class ReplyBuffer(Protocol):
+    """The partial-reply buffer: the text of the reply streaming in a consultation, so far."""
+
+    async def start(self, name: str, message_id: str, ttl_seconds: float) -> None:
         """Begin buffering the reply ``message_id`` (replacing any older buffer)."""
         ...
 
-    async def append_partial(
-        self, name: str, message_id: str, text: str, ttl_seconds: float
-    ) -> None: ...
-
-    async def read_partial(self, name: str) -> Partial | None: ...
-
-    async def clear_partial(self, name: str, message_id: str) -> None: ...
-
-    async def hit_rate(self, name: str, limit: int, window_seconds: float) -> RateDecision:
-        """Count one hit in a sliding window, unless ``limit`` hits are already in it."""
+    async def append(self, name: str, message_id: str, text: str, ttl_seconds: float) -> None:
+        """Add one chunk's text, only while ``message_id`` is the buffered reply."""
         ...
 
-    async def add_presence(self, name: str, member: str, limit: int, ttl_seconds: float) -> bool:
-        """Register a live connection under ``name``; False when ``limit`` are already live."""
+    async def read(self, name: str) -> Partial | None: ...
+
+    async def clear(self, name: str, message_id: str) -> None:
+        """Drop the buffer, only while ``message_id`` is the buffered reply."""
         ...
 
-    async def refresh_presence(
-        self, entries: Sequence[tuple[str, str]], ttl_seconds: float
-    ) -> None:
-        """Keep these (name, member) connections alive; the others expire (crashed instances)."""
-        ...
 
-    async def remove_presence(self, name: str, member: str) -> None: ...
+class StopSignals(Protocol):
+    """A request to stop the reply streaming in a consultation, on whichever instance."""
 
     async def request_stop(self, name: str, ttl_seconds: float) -> None: ...
 
@@ -155,20 +174,56 @@ class Coordination(Protocol):
         """Consume a stop request; True when there was one."""
         ...
 
-    async def ping(self) -> None:
-        """Raise :class:`CoordinationUnavailable` when the backend cannot serve requests."""
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    count: int  # hits in the window, this one included when allowed
+    retry_after: float  # seconds until a hit would be allowed again (0 when allowed)
+
+
+class RateLimits(Protocol):
+    async def hit(self, name: str, limit: int, window_seconds: float) -> RateDecision:
+        """Count one hit in a sliding window, unless ``limit`` hits are already in it."""
         ...
 
-    async def close(self) -> None: ...
+
+class ConnectionRegistry(Protocol):
+    """Live connections per user, for the per-user connection limit."""
+
+    async def add(self, name: str, member: str, limit: int, ttl_seconds: float) -> bool:
+        """Register a live connection under ``name``; False when ``limit`` are already live."""
+        ...
+
+    async def refresh(self, entries: Sequence[tuple[str, str]], ttl_seconds: float) -> None:
+        """Keep these (name, member) connections alive; the others expire (crashed instances)."""
+        ...
+
+    async def remove(self, name: str, member: str) -> None: ...
 
 
-class Notifier(Protocol):
-    """Delivers domain events to everyone in a consultation's room."""
+# -- identity and delivery -----------------------------------------------------------------------
 
-    async def to_room(
-        self, key: ConsultationKey, event: str, data: dict[str, Any], *, skip: str | None = None
-    ) -> None: ...
 
-    async def to_connection(self, connection_id: str, event: str, data: dict[str, Any]) -> None:
+class TokenVerifier(Protocol):
+    def identify(self, token: str | None) -> Identity:
+        """The identity a token proves; raises :class:`Unauthorized`."""
+        ...
+
+
+class Rooms(Protocol):
+    """Room membership and delivery, the same for every transport and across instances."""
+
+    async def join(self, connection_id: str, room: str) -> None:
+        """Add a local connection to a room; every later broadcast to it reaches it."""
+        ...
+
+    async def leave(self, connection_id: str, room: str) -> None: ...
+
+    async def to_room(self, room: str, event: ServerEvent, *, skip: str | None = None) -> None:
+        """Deliver to every member of ``room`` on every instance, except ``skip``."""
+        ...
+
+    async def to_connection(self, connection_id: str, event: ServerEvent) -> None:
         """Deliver to one connection (wherever it is connected)."""
         ...

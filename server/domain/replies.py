@@ -3,8 +3,8 @@
 A stored user message *requests* a reply. The request marks the consultation pending and tries
 to take its reply lock; whoever holds the lock keeps answering while requests are pending, so
 messages sent during a reply are answered by the next one, with them in context. The lock, the
-pending flag, the partial-reply buffer and stop requests live in the Coordination port, so all
-of this holds across instances.
+pending flag, the partial-reply buffer and stop requests are coordination ports (Redis in a
+cluster), so all of this holds across instances.
 """
 
 from __future__ import annotations
@@ -17,16 +17,21 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import AppError, AssistantUnavailable, ReplyInterrupted
-from .models import (
-    Author,
-    ConsultationKey,
-    Message,
-    MessageStatus,
-    NewMessage,
-    new_id,
-    utcnow,
+from .events import AiChunk, AiMessage, AiThinking, ErrorEvent, ServerEvent
+from .models import Author, ConsultationKey, Message, MessageStatus, new_id
+from .ports import (
+    Assistant,
+    Lock,
+    MessageStore,
+    Partial,
+    ReplyBuffer,
+    ReplyLocks,
+    ReplyQueue,
+    ReplyRequest,
+    Rooms,
+    StopSignals,
+    Turn,
 )
-from .ports import Assistant, Coordination, Lock, MessageStore, Notifier, ReplyRequest, Turn
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +76,25 @@ class _Draft:
         self.sent_parts = len(self.parts)
         return text
 
-    def chunk(self, content: str, complete: bool) -> dict[str, object]:
+    def chunk(self, content: str, complete: bool) -> AiChunk:
         index, self.next_index = self.next_index, self.next_index + 1
-        return {
-            "consultationId": self.key.consultation_id,
-            "messageId": self.message_id,
-            "index": index,
-            "content": content,
-            "isComplete": complete,
-        }
+        return AiChunk(
+            consultation_id=self.key.consultation_id,
+            message_id=self.message_id,
+            index=index,
+            content=content,
+            is_complete=complete,
+        )
+
+
+@dataclass(frozen=True)
+class ReplyCoordination:
+    """The coordination ports a reply needs."""
+
+    locks: ReplyLocks
+    queue: ReplyQueue
+    buffer: ReplyBuffer
+    stops: StopSignals
 
 
 class ReplyService:
@@ -87,14 +102,17 @@ class ReplyService:
         self,
         store: MessageStore,
         assistant: Assistant,
-        notifier: Notifier,
-        coordination: Coordination,
+        rooms: Rooms,
+        coordination: ReplyCoordination,
         settings: ReplySettings,
     ) -> None:
         self._store = store
         self._assistant = assistant
-        self._notifier = notifier
-        self._coordination = coordination
+        self._rooms = rooms
+        self._locks = coordination.locks
+        self._queue = coordination.queue
+        self._buffer = coordination.buffer
+        self._stops = coordination.stops
         self._settings = settings
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -114,11 +132,15 @@ class ReplyService:
         """Ask whichever instance streams this consultation's reply to stop it, and drop the
         replies still queued. True when a reply was streaming."""
         name = key.room
-        streaming = await self._coordination.read_partial(name) is not None
-        await self._coordination.take_pending(name)
+        streaming = await self._buffer.read(name) is not None
+        await self._queue.take_pending(name)
         if streaming:
-            await self._coordination.request_stop(name, self._settings.lock_ttl_seconds)
+            await self._stops.request_stop(name, self._settings.lock_ttl_seconds)
         return streaming
+
+    async def streaming(self, key: ConsultationKey) -> Partial | None:
+        """The reply streaming in this consultation right now (on any instance), so far."""
+        return await self._buffer.read(key.room)
 
     async def wait_idle(self, grace_seconds: float) -> None:
         """Let running replies finish (used at shutdown), then cancel what is left."""
@@ -134,54 +156,50 @@ class ReplyService:
         name = key.room
         ttl = self._settings.lock_ttl_seconds
         try:
-            await self._coordination.mark_pending(name)
+            await self._queue.mark_pending(name)
             while True:
-                lock = await self._coordination.try_lock(name, ttl)
+                lock = await self._locks.try_lock(name, ttl)
                 if lock is None:
                     # Another reply is running; its holder answers our flag when it finishes.
                     # If the holder crashed, its lock expires with our flag still set: keep
                     # watching until someone took the flag or the lock is ours.
-                    if not await self._coordination.is_pending(name):
+                    if not await self._queue.is_pending(name):
                         return
                     await asyncio.sleep(random.uniform(0.5, 1.0) * min(0.5, ttl / 4))
                     continue
                 try:
-                    while await self._coordination.take_pending(name):
+                    while await self._queue.take_pending(name):
                         await self._reply_once(key, lock)
                 finally:
                     await lock.release()
                 # A request may have marked pending between our last take and the release,
                 # and failed to lock because we still held it: look once more.
-                if not await self._coordination.is_pending(name):
+                if not await self._queue.is_pending(name):
                     return
         except AppError as exc:
             log.warning("reply for %s not generated: %s", name, exc.message)
-            await self._safe_emit(
-                key, "error", {"consultationId": key.consultation_id, **exc.to_wire()}
-            )
+            await self._safe_emit(key, _error(key, exc))
         except Exception:
             log.exception("reply for %s failed", name)
 
     async def _reply_once(self, key: ConsultationKey, lock: Lock) -> None:
         cid = key.consultation_id
-        await self._notifier.to_room(
-            key, "aiThinking", {"consultationId": cid, "status": "processing"}
-        )
+        await self._rooms.to_room(key.room, AiThinking(consultation_id=cid, status="processing"))
         try:
             await self._stream_and_store(key, lock)
         finally:
-            await self._safe_emit(key, "aiThinking", {"consultationId": cid, "status": "done"})
+            await self._safe_emit(key, AiThinking(consultation_id=cid, status="done"))
 
     async def _stream_and_store(self, key: ConsultationKey, lock: Lock) -> None:
         name = key.room
-        await self._coordination.take_stop(name)  # a stop sent before this reply is not for it
+        await self._stops.take_stop(name)  # a stop sent before this reply is not for it
         history = await self._store.recent(key, self._settings.context_messages)
         request = ReplyRequest(
             system_prompt=self._settings.system_prompt,
-            turns=[Turn(m.author, m.content) for m in history],
+            turns=[Turn(m.role, m.content) for m in history],
         )
         draft = _Draft(key=key, message_id=new_id())
-        await self._coordination.start_partial(name, draft.message_id, self._buffer_ttl)
+        await self._buffer.start(name, draft.message_id, self._buffer_ttl)
         consumer = asyncio.create_task(self._consume(request, draft, lock))
         stopped = await self._wait_unless_stopped(name, consumer)
         failure = None if stopped else consumer.result()
@@ -272,10 +290,8 @@ class ReplyService:
             if text:
                 # Buffer first, emit second: a client joining in between finds the chunk in
                 # the buffer (and drops the live copy by its index) instead of missing it.
-                await self._coordination.append_partial(
-                    draft.key.room, draft.message_id, text, self._buffer_ttl
-                )
-                await self._notifier.to_room(draft.key, "aiChunk", draft.chunk(text, False))
+                await self._buffer.append(draft.key.room, draft.message_id, text, self._buffer_ttl)
+                await self._rooms.to_room(draft.key.room, draft.chunk(text, False))
             draft.sent_parts = upto
 
     async def _wait_unless_stopped(
@@ -287,7 +303,7 @@ class ReplyService:
                 done, _ = await asyncio.wait({consumer}, timeout=STOP_POLL_SECONDS)
                 if done:
                     return False
-                if await self._coordination.take_stop(name):
+                if await self._stops.take_stop(name):
                     await _cancel(consumer)
                     return True
         except asyncio.CancelledError:  # shutting down: end the stream too
@@ -297,42 +313,43 @@ class ReplyService:
     async def _finish(self, draft: _Draft, stopped: bool, failure: AppError | None) -> None:
         key, name, content = draft.key, draft.key.room, draft.content
         if not content:
-            await self._coordination.clear_partial(name, draft.message_id)
+            await self._buffer.clear(name, draft.message_id)
             if failure is None and not stopped:
                 failure = AssistantUnavailable("The assistant returned an empty reply")
         else:
             # The last chunk carries whatever was not flushed yet (a stop may have cut a
             # flush short): all chunks concatenated always equal the stored reply.
-            await self._notifier.to_room(key, "aiChunk", draft.chunk(draft.unsent(), True))
+            await self._rooms.to_room(name, draft.chunk(draft.unsent(), True))
             try:
                 stored = await self._store_reply(draft, _status(stopped, failure))
             finally:
-                await self._coordination.clear_partial(name, draft.message_id)
-            await self._notifier.to_room(key, "aiMessage", stored.to_wire())
+                await self._buffer.clear(name, draft.message_id)
+            await self._rooms.to_room(name, AiMessage(message=stored))
         if failure is not None:
-            cid = key.consultation_id
-            await self._notifier.to_room(key, "error", {"consultationId": cid, **failure.to_wire()})
+            await self._rooms.to_room(name, _error(key, failure))
 
     async def _store_reply(self, draft: _Draft, status: MessageStatus) -> Message:
         appended = await self._store.append(
-            NewMessage(
+            Message.new(
+                draft.key,
+                Author.ASSISTANT,
+                draft.content,
                 id=draft.message_id,
-                key=draft.key,
-                author=Author.ASSISTANT,
-                user_id=None,
-                content=draft.content,
-                created_at=utcnow(),
                 status=status,
                 model=draft.model,
             )
         )
         return appended.message
 
-    async def _safe_emit(self, key: ConsultationKey, event: str, data: dict[str, object]) -> None:
+    async def _safe_emit(self, key: ConsultationKey, event: ServerEvent) -> None:
         try:
-            await self._notifier.to_room(key, event, data)
+            await self._rooms.to_room(key.room, event)
         except Exception:
-            log.exception("could not emit %s to %s", event, key.room)
+            log.exception("could not emit %s to %s", event.name, key.room)
+
+
+def _error(key: ConsultationKey, error: AppError) -> ErrorEvent:
+    return ErrorEvent.model_validate({"consultationId": key.consultation_id, **error.to_wire()})
 
 
 def _status(stopped: bool, failure: AppError | None) -> MessageStatus:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from ..domain.models import Consultation, ConsultationKey, Message, NewMessage, utcnow
-from ..domain.ports import Appended
+from collections.abc import Mapping
+from typing import Any
+
+from ..domain.models import Consultation, ConsultationKey, Message
+from ..domain.ports import Appended, OneOf
 
 
 class MemoryStore:
@@ -25,23 +28,40 @@ class MemoryStore:
         existing = self._consultations.get(key)
         if existing is not None:
             return existing
-        created = Consultation(key=key, owner_id=owner_id, created_at=utcnow())
-        self._consultations[key] = created
+        created = self._consultations[key] = Consultation.new(key, owner_id)
         return created
 
     async def get(self, key: ConsultationKey) -> Consultation | None:
         return self._consultations.get(key)
 
-    async def append(self, message: NewMessage) -> Appended:
+    async def update(
+        self,
+        key: ConsultationKey,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+    ) -> Consultation | None:
+        unknown = set(changes) - set(Consultation.model_fields)
+        if unknown or not changes:
+            raise ValueError(f"not an update of Consultation fields: {sorted(changes)}")
+        # No await between the check and the write: atomic on the event loop.
+        current = self._consultations.get(key)
+        if current is None or not _matches(current, expect or {}):
+            return None
+        updated = current.model_validate({**current.model_dump(), **changes})
+        self._consultations[key] = updated
+        return updated
+
+    async def append(self, message: Message) -> Appended:
         # No await between reading and appending: atomic on the event loop.
-        client_key = (message.key, message.client_message_id or "")
-        if message.client_message_id is not None and client_key in self._by_client_id:
-            return Appended(self._by_client_id[client_key], created=False)
+        client_id = message.client_message_id
+        if client_id is not None and (message.key, client_id) in self._by_client_id:
+            return Appended(self._by_client_id[(message.key, client_id)], created=False)
         log = self._messages.setdefault(message.key, [])
-        stored = Message.stored(message, seq=len(log) + 1)
+        stored = message.model_copy(update={"seq": len(log) + 1})
         log.append(stored)
-        if message.client_message_id is not None:
-            self._by_client_id[client_key] = stored
+        if client_id is not None:
+            self._by_client_id[(message.key, client_id)] = stored
         return Appended(stored, created=True)
 
     async def recent(self, key: ConsultationKey, limit: int) -> list[Message]:
@@ -52,3 +72,16 @@ class MemoryStore:
         log = self._messages.get(key, [])
         start = max(after_seq, 0)  # seq n sits at index n - 1
         return list(log[start : start + limit])
+
+
+def _matches(consultation: Consultation, expect: Mapping[str, Any]) -> bool:
+    for path, wanted in expect.items():
+        value: Any = consultation
+        for name in path.split("."):  # "operator.id": a field of a nested model
+            value = getattr(value, name, None)
+        if isinstance(wanted, OneOf):
+            if value not in wanted.values:
+                return False
+        elif value != wanted:
+            return False
+    return True

@@ -1,9 +1,9 @@
 """MongoDB store on PyMongo's native async API (``AsyncMongoClient``).
 
-Documents use the wire field names. ``seq`` is allocated optimistically: read the last seq,
-insert seq + 1, and retry when the unique (tenantId, consultationId, seq) index says another
-writer won. Unlike a counter that is incremented before the insert, this never leaves a gap when
-an insert fails.
+Documents are the records' own dumps, with their camelCase field names. ``seq`` is allocated
+optimistically: read the last seq, insert seq + 1, and retry when the unique (tenantId,
+consultationId, seq) index says another writer won. Unlike a counter that is incremented before
+the insert, this never leaves a gap when an insert fails.
 """
 
 from __future__ import annotations
@@ -11,24 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic.alias_generators import to_camel
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from ..domain.models import (
-    Author,
-    Consultation,
-    ConsultationKey,
-    Message,
-    MessageStatus,
-    NewMessage,
-    utcnow,
-)
-from ..domain.ports import Appended
+from ..domain.models import Consultation, ConsultationKey, Message, Record
+from ..domain.ports import Appended, OneOf
 from ..errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -95,7 +88,7 @@ class MongoStore:
                 async with _translated("open consultation"):
                     doc = await self._consultations.find_one_and_update(
                         query,
-                        {"$setOnInsert": {"ownerId": owner_id, "createdAt": utcnow()}},
+                        {"$setOnInsert": _document(Consultation.new(key, owner_id), query)},
                         upsert=True,
                         return_document=ReturnDocument.AFTER,
                     )
@@ -113,7 +106,24 @@ class MongoStore:
             doc = await self._consultations.find_one(_key_query(key))
         return _consultation(doc) if doc else None
 
-    async def append(self, message: NewMessage) -> Appended:
+    async def update(
+        self,
+        key: ConsultationKey,
+        changes: Mapping[str, Any],
+        *,
+        expect: Mapping[str, Any] | None = None,
+    ) -> Consultation | None:
+        if not changes:
+            raise ValueError("an update needs at least one change")
+        query = {**_key_query(key), **_conditions(expect or {})}
+        values = {_alias(Consultation, name): _plain(value) for name, value in changes.items()}
+        async with _translated("update consultation"):
+            doc = await self._consultations.find_one_and_update(
+                query, {"$set": values}, return_document=ReturnDocument.AFTER
+            )
+        return _consultation(doc) if doc else None
+
+    async def append(self, message: Message) -> Appended:
         for attempt in range(MAX_SEQ_ATTEMPTS):
             seq = await self._last_seq(message.key) + 1
             try:
@@ -127,10 +137,10 @@ class MongoStore:
                 # Another writer took this seq; back off a little to spread retries.
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
-            return Appended(Message.stored(message, seq), created=True)
+            return Appended(message.model_copy(update={"seq": seq}), created=True)
         raise StorageUnavailable("Too much contention allocating a message sequence number")
 
-    async def _by_client_id(self, message: NewMessage) -> Message:
+    async def _by_client_id(self, message: Message) -> Message:
         query = {**_key_query(message.key), "clientMessageId": message.client_message_id}
         async with _translated("read message"):
             doc = await self._messages.find_one(query)
@@ -195,45 +205,70 @@ def _key_query(key: ConsultationKey) -> Document:
     return {"tenantId": key.tenant_id, "consultationId": key.consultation_id}
 
 
+# Documents are the records' own dumps (camelCase field names), so a new field needs no edit
+# here. A message's ``id`` is its ``_id``; datetimes are stored as BSON dates.
+
+
+def _document(record: Record, key_query: Document) -> Document:
+    doc = record.model_dump(by_alias=True)
+    doc.update(key_query)
+    if "id" in doc:
+        doc["_id"] = doc.pop("id")
+    return doc
+
+
 def _consultation(doc: Document) -> Consultation:
-    return Consultation(
-        key=ConsultationKey(doc["tenantId"], doc["consultationId"]),
-        owner_id=doc["ownerId"],
-        created_at=_aware(doc["createdAt"]),
-    )
+    return Consultation.model_validate(_aware_dates(doc))
 
 
-def _message_doc(message: NewMessage, seq: int) -> Document:
-    doc: Document = {
-        "_id": message.id,
-        "tenantId": message.key.tenant_id,
-        "consultationId": message.key.consultation_id,
-        "seq": seq,
-        "role": message.author.value,
-        "userId": message.user_id,
-        "content": message.content,
-        "status": message.status.value,
-        "createdAt": message.created_at,
-        "model": message.model,
-    }
-    if message.client_message_id is not None:
-        doc["clientMessageId"] = message.client_message_id
+def _message_doc(message: Message, seq: int) -> Document:
+    doc = _document(message, _key_query(message.key))
+    doc["seq"] = seq
+    if doc.get("clientMessageId") is None:
+        del doc["clientMessageId"]  # the unique index covers only messages that have one
     return doc
 
 
 def _message(doc: Document) -> Message:
-    return Message(
-        id=str(doc["_id"]),
-        key=ConsultationKey(doc["tenantId"], doc["consultationId"]),
-        seq=int(doc["seq"]),
-        author=Author(doc["role"]),
-        user_id=doc.get("userId"),
-        content=doc["content"],
-        created_at=_aware(doc["createdAt"]),
-        status=MessageStatus(doc.get("status", MessageStatus.COMPLETE.value)),
-        model=doc.get("model"),
-        client_message_id=doc.get("clientMessageId"),
-    )
+    fields = _aware_dates(doc)
+    fields["tenant_id"] = doc["tenantId"]  # excluded from dumps, so not read by its alias
+    fields.setdefault("timestamp", fields.get("createdAt"))  # documents written before 0.2
+    return Message.model_validate({**fields, "id": str(doc["_id"])})
+
+
+def _alias(model: type[Record], name: str) -> str:
+    if name not in model.model_fields:
+        raise ValueError(f"{model.__name__} has no field {name!r}")
+    return to_camel(name)
+
+
+def _conditions(expect: Mapping[str, Any]) -> Document:
+    """``{"mode": Mode.WAITING, "operator.id": "op"}`` as a MongoDB filter on the aliases.
+
+    A document written before a field existed holds its default: expecting the default also
+    matches a missing field."""
+    query: Document = {}
+    for path, wanted in expect.items():
+        first, *rest = path.split(".")
+        field = ".".join([_alias(Consultation, first), *(to_camel(part) for part in rest)])
+        values = list(wanted.values) if isinstance(wanted, OneOf) else [wanted]
+        default = None if rest else Consultation.model_fields[first].default
+        if default is not None and default in values:
+            values.append(None)
+        plain = [_plain(v) for v in values]
+        query[field] = plain[0] if len(plain) == 1 else {"$in": plain}
+    return query
+
+
+def _plain(value: Any) -> Any:
+    dump = getattr(value, "model_dump", None)
+    if dump is not None:
+        return dump(by_alias=True)
+    return value.value if hasattr(value, "value") else value
+
+
+def _aware_dates(doc: Document) -> Document:
+    return {k: _aware(v) if isinstance(v, datetime) else v for k, v in doc.items()}
 
 
 def _aware(moment: datetime) -> datetime:

@@ -11,33 +11,24 @@ from typing import Any
 from aiohttp import web
 
 from ..domain.consultations import ConsultationService
+from ..domain.ports import TokenVerifier
 from ..errors import AppError, InvalidPayload
-from .auth import Authenticator, bearer_token
+from .auth import bearer_token
 
 log = logging.getLogger(__name__)
-
-HTTP_STATUS = {
-    "invalid_payload": 400,
-    "unauthorized": 401,
-    "forbidden": 403,
-    "not_found": 404,
-    "storage_unavailable": 503,
-}
 
 Readiness = Callable[[], Awaitable[dict[str, str]]]
 
 
 def error_response(error: AppError) -> web.Response:
-    return web.json_response(
-        {"ok": False, "error": error.to_wire()}, status=HTTP_STATUS.get(error.code, 500)
-    )
+    return web.json_response({"ok": False, "error": error.to_wire()}, status=error.http_status)
 
 
 class Routes:
     def __init__(
         self,
         service: ConsultationService,
-        authenticator: Authenticator,
+        verifier: TokenVerifier,
         readiness: Readiness,
         socketio_client_url: str,
         *,
@@ -45,7 +36,7 @@ class Routes:
     ) -> None:
         self._connections = connections
         self._service = service
-        self._auth = authenticator
+        self._auth = verifier
         self._readiness = readiness
         page = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
         self._page = page.replace("{{SOCKETIO_CLIENT_URL}}", html.escape(socketio_client_url))

@@ -5,21 +5,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from server.domain.models import (
-    Author,
-    ConsultationKey,
-    MessageStatus,
-    NewMessage,
-    new_id,
-    utcnow,
-)
-from server.domain.ports import Store
+from server.domain.models import Author, ConsultationKey, Message, MessageStatus, Mode, OperatorRef
+from server.domain.ports import OneOf, Store
 from server.storage.memory import MemoryStore
 from server.storage.mongo import MongoStore
-from tests.conftest import MongoServer
+from tests.servers import MongoServer
 
 KEY = ConsultationKey("tenant-a", "c-1")
 
@@ -37,17 +31,10 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     await impl.close()
 
 
-def draft(key: ConsultationKey = KEY, content: str = "hello", **fields: object) -> NewMessage:
-    values: dict[str, object] = {
-        "id": new_id(),
-        "key": key,
-        "author": Author.USER,
-        "user_id": "u1",
-        "content": content,
-        "created_at": utcnow(),
-    }
-    values.update(fields)
-    return NewMessage(**values)  # type: ignore[arg-type]
+def draft(
+    key: ConsultationKey = KEY, content: str = "hello", role: Author = Author.USER, **fields: Any
+) -> Message:
+    return Message.new(key, role, content, **{"user_id": "u1", **fields})
 
 
 async def test_get_or_create_creates_once_and_keeps_the_first_owner(store: Store) -> None:
@@ -86,7 +73,7 @@ async def test_append_allocates_consecutive_seqs_per_consultation(store: Store) 
 
 async def test_message_round_trips_every_field(store: Store) -> None:
     sent = draft(
-        author=Author.ASSISTANT,
+        role=Author.ASSISTANT,
         user_id=None,
         content="partial ünïcödé 🙂",
         status=MessageStatus.INCOMPLETE,
@@ -98,7 +85,8 @@ async def test_message_round_trips_every_field(store: Store) -> None:
     assert read == stored
     assert read.status is MessageStatus.INCOMPLETE
     assert read.model == "m-1"
-    assert read.created_at == sent.created_at
+    assert read.timestamp == sent.timestamp
+    assert read.key == KEY
 
 
 async def test_concurrent_appends_are_gap_free_and_unique(store: Store) -> None:
@@ -153,3 +141,66 @@ async def test_concurrent_retries_store_one_message_and_keep_seqs_gap_free(store
     assert [m.seq for m in stored] == [1, 2, 3, 4, 5]
     for result in results:
         assert result.message in stored
+
+
+async def test_a_new_consultation_is_answered_by_the_ai(store: Store) -> None:
+    consultation = await store.get_or_create(KEY, "owner")
+    assert consultation.mode is Mode.AI
+    assert consultation.operator is None
+
+
+async def test_update_sets_fields_and_returns_the_updated_consultation(store: Store) -> None:
+    await store.get_or_create(KEY, "owner")
+    operator = OperatorRef(id="op-1", name="Olga")
+    updated = await store.update(KEY, {"mode": Mode.OPERATOR, "operator": operator})
+    assert updated is not None
+    assert (updated.mode, updated.operator, updated.owner_id) == (Mode.OPERATOR, operator, "owner")
+    assert await store.get(KEY) == updated
+    cleared = await store.update(KEY, {"mode": Mode.AI, "operator": None})
+    assert cleared is not None and cleared.operator is None
+    assert await store.update(ConsultationKey("tenant-a", "missing"), {"mode": Mode.AI}) is None
+
+
+async def test_update_applies_only_while_the_expectation_holds(store: Store) -> None:
+    await store.get_or_create(KEY, "owner")
+    assert await store.update(KEY, {"mode": Mode.CLOSED}, expect={"mode": Mode.WAITING}) is None
+    assert (await store.get(KEY)).mode is Mode.AI  # type: ignore[union-attr]
+    waiting = await store.update(
+        KEY, {"mode": Mode.WAITING, "reason": "pain"}, expect={"mode": OneOf([Mode.AI])}
+    )
+    assert waiting is not None and waiting.reason == "pain"
+    taken = await store.update(
+        KEY,
+        {"mode": Mode.OPERATOR, "operator": OperatorRef(id="op-1", name="O")},
+        expect={"mode": Mode.WAITING},
+    )
+    assert taken is not None
+    assert await store.update(KEY, {"mode": Mode.AI}, expect={"operator.id": "op-2"}) is None
+    released = await store.update(
+        KEY, {"mode": Mode.AI, "operator": None}, expect={"operator.id": "op-1"}
+    )
+    assert released is not None and released.mode is Mode.AI
+
+
+async def test_of_concurrent_conditional_updates_exactly_one_wins(store: Store) -> None:
+    await store.get_or_create(KEY, "owner")
+    await store.update(KEY, {"mode": Mode.WAITING})
+    results = await asyncio.gather(
+        *(
+            store.update(
+                KEY,
+                {"mode": Mode.OPERATOR, "operator": OperatorRef(id=f"op-{i}", name="O")},
+                expect={"mode": Mode.WAITING},
+            )
+            for i in range(10)
+        )
+    )
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert await store.get(KEY) == winners[0]
+
+
+async def test_update_refuses_fields_a_consultation_does_not_have(store: Store) -> None:
+    await store.get_or_create(KEY, "owner")
+    with pytest.raises(ValueError):
+        await store.update(KEY, {"no_such_field": 1})

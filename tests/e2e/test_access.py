@@ -10,10 +10,8 @@ import jwt
 import pytest
 import socketio
 
-from tests.conftest import JWT_SECRET, RunningServer, StartServer, make_token
+from tests.conftest import JWT_SECRET, Connect, RunningServer, StartServer, make_token
 from tests.helpers import ChatClient
-
-Connect = Any
 
 
 @pytest.fixture

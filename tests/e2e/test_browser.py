@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import StartServer
+from tests.servers import serve
 
 JS = Path(__file__).resolve().parent.parent / "js"
 CLIENT_DIST = JS / "node_modules" / "socket.io-client" / "dist"
@@ -23,12 +24,8 @@ async def client_script_url() -> AsyncIterator[str]:
     here, which is what SOCKETIO_CLIENT_URL is for."""
     app = web.Application()
     app.router.add_static("/", CLIENT_DIST)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    yield f"http://{host}:{port}/socket.io.min.js"
-    await runner.cleanup()
+    async with serve(app) as served:
+        yield f"{served.url}/socket.io.min.js"
 
 
 async def test_the_console_snippet_and_the_chat_page_work_in_chromium(

@@ -8,11 +8,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import StartServer
+from tests.conftest import JWT_SECRET, Connect, StartServer, make_token
 from tests.fakes.openai_server import FakeOpenAI, reply_for
-from tests.helpers import ChatClient, chunks_by_message
-
-Connect = Any
+from tests.helpers import ChatClient, assert_clean_stream, chunks_by_message
 
 
 def expected_reply(fake: FakeOpenAI, model: str) -> str:
@@ -23,12 +21,12 @@ async def test_send_streams_a_reply_chunk_by_chunk_to_the_whole_room(
     start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
 ) -> None:
     server = await start_server(ai_chunk_flush_ms=0)  # one aiChunk per delta
-    alice: ChatClient = await connect(server.url)
-    watcher: ChatClient = await connect(server.url)
+    alice = await connect(server.url)
+    watcher = await connect(server.url, join="room-2")  # shared rooms: see test_access.py
     joined = await alice.join("room-1")
     assert joined["messages"] == []
     assert joined["consultation"]["consultationId"] == "room-1"
-    await watcher.join("room-2")  # rooms shared by several users: see test_access.py
+    assert joined["consultation"]["mode"] == "ai"
 
     sent = await alice.send("room-1", "I have a headache", userId="spoofed", tenantId="spoofed")
     assert sent["seq"] == 1
@@ -43,11 +41,10 @@ async def test_send_streams_a_reply_chunk_by_chunk_to_the_whole_room(
         {"consultationId": "room-1", "status": "done"},
     ]
     [ai_message] = alice.of("aiMessage")
+    assert_clean_stream(alice, ai_message)
     chunks = chunks_by_message(alice)[ai_message["id"]]
-    assert [c["index"] for c in chunks] == list(range(len(chunks)))
     assert [c["isComplete"] for c in chunks] == [False] * (len(chunks) - 1) + [True]
     assert len(chunks) > 3  # streamed, not one blob
-    assert "".join(c["content"] for c in chunks) == reply
     assert ai_message["content"] == reply
     assert ai_message["seq"] == 2
     assert ai_message["role"] == "assistant"
@@ -66,11 +63,9 @@ async def test_the_reply_context_is_the_system_prompt_and_the_last_messages(
     start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
 ) -> None:
     server = await start_server(ai_context_messages=3, ai_system_prompt="Be brief.")
-    client: ChatClient = await connect(server.url)
-    await client.join("ctx")
+    client = await connect(server.url, join="ctx")
     for i in range(3):
-        await client.send("ctx", f"question {i}")
-        await client.wait_reply_done(count=i + 1)
+        await client.ask("ctx", f"question {i}")
     messages = fake_openai.requests_for("good")[-1]["messages"]
     assert messages[0] == {"role": "system", "content": "Be brief."}
     assert [m["role"] for m in messages[1:]] == ["user", "assistant", "user"]
@@ -82,8 +77,7 @@ async def test_the_next_model_answers_when_the_first_fails_before_any_token(
     start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
 ) -> None:
     server = await start_server(ai_models=("fail-500", "fail-429", "good"))
-    client: ChatClient = await connect(server.url)
-    await client.join("fallback")
+    client = await connect(server.url, join="fallback")
     await client.send("fallback", "hello")
     await client.wait_reply_done()
     [message] = client.of("aiMessage")
@@ -97,8 +91,7 @@ async def test_when_every_model_fails_the_room_gets_ai_unavailable_and_the_messa
     start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(ai_models=("fail-500", "fail-503"))
-    client: ChatClient = await connect(server.url)
-    await client.join("down")
+    client = await connect(server.url, join="down")
     await client.send("down", "anyone there?")
     await client.wait_reply_done()
     [error] = client.of("error")
@@ -113,8 +106,7 @@ async def test_a_stream_that_breaks_midway_is_stored_as_incomplete_without_retry
     start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
 ) -> None:
     server = await start_server(ai_models=("drop-after-3", "good"))
-    client: ChatClient = await connect(server.url)
-    await client.join("broken")
+    client = await connect(server.url, join="broken")
     await client.send("broken", "tell me everything")
     await client.wait_reply_done()
     [message] = client.of("aiMessage")
@@ -136,33 +128,32 @@ async def test_messages_sent_during_a_reply_are_answered_by_the_next_one(
     start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
 ) -> None:
     server = await start_server(ai_models=("slow-40",))
-    client: ChatClient = await connect(server.url)
-    await client.join("busy")
+    client = await connect(server.url, join="busy")
     await client.send("busy", "first")
     await client.wait_for("aiChunk")  # the first reply is streaming now
     await client.send("busy", "second")
     await client.send("busy", "third")
     await client.wait_reply_done(count=2, timeout=20)
-    await asyncio.sleep(0.3)  # a third reply, if any, would have started by now
-    assert len(client.of("aiMessage")) == 2
+    # A marker: had "third" started a reply of its own, it would come before this one's.
+    await client.ask("busy", "marker", timeout=20)
+    assert len(client.of("aiMessage")) == 3
     # Replies never overlap: each reply's chunks come between its thinking events.
     statuses = [d["status"] for d in client.of("aiThinking")]
-    assert statuses == ["processing", "done", "processing", "done"]
+    assert statuses == ["processing", "done"] * 3
     second_context = fake_openai.requests_for("slow-40")[1]["messages"]
     assert [m["content"] for m in second_context if m["role"] == "user"][-2:] == [
         "second",
         "third",
     ]
     history = (await client.join("busy"))["messages"]
-    assert [m["seq"] for m in history] == [1, 2, 3, 4, 5]
+    assert [m["seq"] for m in history] == [1, 2, 3, 4, 5, 6, 7]
 
 
 async def test_rejoining_with_last_seq_returns_exactly_the_missed_messages(
     start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(offline_word_delay_seconds=0)
-    first: ChatClient = await connect(server.url)
-    await first.join("resume")
+    first = await connect(server.url, join="resume")
     await first.send("resume", "one")
     await first.wait_reply_done()
     seen = (await first.join("resume"))["messages"]
@@ -182,8 +173,7 @@ async def test_join_returns_the_last_50_messages(
     start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(ai_models=("fail-500",), rate_limit_messages=100)
-    client: ChatClient = await connect(server.url)
-    await client.join("long")
+    client = await connect(server.url, join="long")
     for i in range(55):
         await client.send("long", f"m{i}")
     messages = (await client.join("long"))["messages"]
@@ -240,8 +230,7 @@ async def test_fast_deltas_are_coalesced_and_the_first_token_goes_out_at_once(
     start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
 ) -> None:
     server = await start_server(ai_models=("slow-2",), ai_chunk_flush_ms=60)
-    client: ChatClient = await connect(server.url)
-    await client.join("coalesce")
+    client = await connect(server.url, join="coalesce")
     long_question = " ".join(f"word{i}" for i in range(60))
     await client.send("coalesce", long_question)
     [message] = await client.wait_for("aiMessage", timeout=10)
@@ -259,8 +248,6 @@ async def test_a_burst_of_broadcasts_arrives_complete_and_in_order(
 ) -> None:
     # Broadcast frames may be written straight to an idle WebSocket or queued behind the
     # socket's own packets (acks here): either way each socket sees them in order.
-    from tests.conftest import JWT_SECRET, make_token
-
     server = await start_server(
         jwt_secret=JWT_SECRET,
         rate_limit_messages=1000,
@@ -268,10 +255,10 @@ async def test_a_burst_of_broadcasts_arrives_complete_and_in_order(
         ping_interval=2,  # python-socketio's polling client waits out its last long-poll
         ping_timeout=2,
     )
-    sender: ChatClient = await connect(server.url, token=make_token("zed"))
-    receiver: ChatClient = await connect(server.url, token=make_token("zed"), transports=transports)
-    await sender.join("burst-order")
-    await receiver.join("burst-order")
+    sender = await connect(server.url, token=make_token("zed"), join="burst-order")
+    receiver = await connect(
+        server.url, token=make_token("zed"), transports=transports, join="burst-order"
+    )
 
     async def receiver_chatter() -> None:
         for _ in range(50):  # the receiver's own acks interleave with the broadcasts
@@ -291,16 +278,11 @@ async def test_broadcasts_never_overtake_an_ack_queued_before_them(
     # With the memory store a join handler runs without suspending: every userMessage whose
     # seq is above the newest message in a join ack was broadcast after that ack was queued,
     # so it must arrive after it, whether it is written to the socket directly or queued.
-    from tests.conftest import JWT_SECRET, make_token
-
     server = await start_server(
         jwt_secret=JWT_SECRET, rate_limit_messages=100_000, ai_replies=False
     )
-    sender: ChatClient = await connect(server.url, token=make_token("yan"))
-    receiver: ChatClient = await connect(
-        server.url, token=make_token("yan"), transports=["websocket"]
-    )
-    await sender.join("overtake")
+    sender = await connect(server.url, token=make_token("yan"), join="overtake")
+    receiver = await connect(server.url, token=make_token("yan"), transports=["websocket"])
     arrivals: list[tuple[str, int]] = []
     receiver.sio.on(
         "userMessage", lambda m: arrivals.append(("message", m["seq"])), namespace="/chat"

@@ -8,21 +8,9 @@ from typing import Any
 import pytest
 import socketio
 
-from tests.cluster import http_json
-from tests.conftest import Cluster, make_token
-from tests.helpers import ChatClient, chunks_by_message
-
-Connect = Any
-
-
-def reply_text(client: ChatClient, message_id: str) -> str:
-    return "".join(c["content"] for c in chunks_by_message(client)[message_id])
-
-
-def assert_clean_stream(client: ChatClient, message: dict[str, Any]) -> None:
-    chunks = chunks_by_message(client)[message["id"]]
-    assert [c["index"] for c in chunks] == list(range(len(chunks))), "gap, reorder or duplicate"
-    assert "".join(c["content"] for c in chunks) == message["content"]
+from tests.conftest import Cluster, Connect, make_token
+from tests.helpers import ChatClient, assert_clean_stream, eventually
+from tests.servers import AppProcess, RedisServer, http_json
 
 
 async def test_a_room_spans_instances_in_order_without_duplicates(
@@ -30,10 +18,8 @@ async def test_a_room_spans_instances_in_order_without_duplicates(
 ) -> None:
     app_a, app_b = cluster.start_apps(2)
     token = make_token("alice")
-    on_a: ChatClient = await connect(app_a.url, token=token)
-    on_b: ChatClient = await connect(app_b.url, token=token)
-    await on_a.join("spanning")
-    await on_b.join("spanning")
+    on_a = await connect(app_a.url, token=token, join="spanning")
+    on_b = await connect(app_b.url, token=token, join="spanning")
 
     sent = await on_a.send("spanning", "hello from instance A")
     [echo] = await on_b.wait_for("userMessage")
@@ -102,11 +88,9 @@ async def test_two_devices_on_two_instances_one_reply_at_a_time_gap_free_seqs(
 ) -> None:
     app_a, app_b = cluster.start_apps(2)
     token = make_token("carol")
-    phone: ChatClient = await connect(app_a.url, token=token)
-    laptop: ChatClient = await connect(app_b.url, token=token)
-    watcher: ChatClient = await connect(app_b.url, token=make_token("op", role="operator"))
-    for client in (phone, laptop, watcher):
-        await client.join("race")
+    phone = await connect(app_a.url, token=token, join="race")
+    laptop = await connect(app_b.url, token=token, join="race")
+    watcher = await connect(app_b.url, token=make_token("op", role="operator"), join="race")
 
     for round_ in range(3):
         await asyncio.gather(
@@ -134,8 +118,7 @@ async def test_a_client_joining_mid_stream_on_another_instance_gets_the_partial_
 ) -> None:
     app_a, app_b = cluster.start_apps(2, AI_MODELS="slow-60")
     token = make_token("dave")
-    writer: ChatClient = await connect(app_a.url, token=token)
-    await writer.join("midway")
+    writer = await connect(app_a.url, token=token, join="midway")
     await writer.send("midway", "a question with a long answer of many words to stream")
     await writer.wait_for("aiChunk", count=3, timeout=20)
 
@@ -162,8 +145,7 @@ async def test_killing_the_streaming_instance_loses_no_stored_message(
     apps = cluster.start_apps(3, AI_MODELS="slow-50", AI_LOCK_TTL_SECONDS="2")
     proxy = cluster.start_nginx()
     token = make_token("erin")
-    client: ChatClient = await connect(proxy.url, token=token, reconnection=True)
-    await client.join("failover")
+    client = await connect(proxy.url, token=token, reconnection=True, join="failover")
     first = await client.send("failover", "first question")
     [first_reply] = await client.wait_for("aiMessage", timeout=20)
     await client.send("failover", "second question, answered while we pull the plug")
@@ -200,28 +182,19 @@ async def test_killing_the_streaming_instance_loses_no_stored_message(
 async def test_redis_restart_local_service_continues_and_fanout_resumes(
     cluster: Cluster, connect: Connect
 ) -> None:
-    from tests.conftest import RedisServer
-    from tests.helpers import free_port
-
-    redis = RedisServer(free_port())
+    redis = RedisServer()
     redis.start()
     try:
         app_a, app_b = cluster.start_apps(2, REDIS_URL=redis.url, AI_MODELS="good")
         token = make_token("frank")
-        on_a: ChatClient = await connect(app_a.url, token=token)
-        on_b: ChatClient = await connect(app_b.url, token=token)
-        await on_a.join("outage")
-        await on_b.join("outage")
+        on_a = await connect(app_a.url, token=token, join="outage")
+        on_b = await connect(app_b.url, token=token, join="outage")
         await on_a.send("outage", "before")
         await on_b.wait_for("aiMessage", timeout=20)
 
         redis.stop()
         for app in (app_a, app_b):
-            for _ in range(50):
-                status, body = await asyncio.to_thread(app.readiness)
-                if status == 503:
-                    break
-                await asyncio.sleep(0.2)
+            status, body = await eventually(lambda app=app: _unready(app), timeout=15, interval=0.2)
             assert status == 503, body
             assert body["checks"]["coordination"] != "ok" or body["checks"]["fanout"] != "ok"
         # Local clients keep being served, replies included.
@@ -249,10 +222,8 @@ async def test_stop_generation_on_one_instance_stops_the_reply_streaming_on_anot
 ) -> None:
     app_a, app_b = cluster.start_apps(2, AI_MODELS="slow-80")
     token = make_token("gus")
-    writer: ChatClient = await connect(app_a.url, token=token)
-    stopper: ChatClient = await connect(app_b.url, token=make_token("op", role="operator"))
-    await writer.join("stop-remote")
-    await stopper.join("stop-remote")
+    writer = await connect(app_a.url, token=token, join="stop-remote")
+    stopper = await connect(app_b.url, token=make_token("op", role="operator"), join="stop-remote")
     await writer.send("stop-remote", "please write me a really long answer with many words")
     await stopper.wait_for("aiChunk", count=3, timeout=20)
     ack = await stopper.call("stopGeneration", {"consultationId": "stop-remote"})
@@ -282,10 +253,8 @@ async def test_rate_limit_and_connection_limit_hold_across_instances(
         MAX_CONNECTIONS_PER_USER="2",
     )
     token = make_token("hal")
-    on_a: ChatClient = await connect(app_a.url, token=token)
-    on_b: ChatClient = await connect(app_b.url, token=token)
-    for client in (on_a, on_b):
-        await client.join("limited")
+    on_a = await connect(app_a.url, token=token, join="limited")
+    on_b = await connect(app_b.url, token=token, join="limited")
     for i in range(4):
         await (on_a if i % 2 else on_b).send("limited", f"m{i}")
     for client in (on_a, on_b):
@@ -297,6 +266,20 @@ async def test_rate_limit_and_connection_limit_hold_across_instances(
         await third.connect()
     assert third.connect_error["data"]["code"] == "too_many_connections"
     await on_b.disconnect()
-    await asyncio.sleep(0.3)
-    again: ChatClient = await connect(app_a.url, token=token)  # B's slot is free cluster-wide
+    # B's slot is freed cluster-wide once B has seen the disconnect.
+    again = await eventually(lambda: _try_connect(app_a.url, token), timeout=10)
     assert again.sio.connected
+    await again.disconnect()
+
+
+async def _unready(app: AppProcess) -> tuple[int, Any] | None:
+    readiness = await asyncio.to_thread(app.readiness)
+    return readiness if readiness[0] == 503 else None
+
+
+async def _try_connect(url: str, token: str) -> ChatClient | None:
+    client = ChatClient(url, token=token)
+    try:
+        return await client.connect()
+    except socketio.exceptions.ConnectionError:
+        return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,15 +10,9 @@ from collections.abc import Iterator
 import jwt
 import pytest
 
-from tests.conftest import JWT_SECRET, ROOT
-from tests.helpers import ChatClient, free_port, wait_for_port
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    keep = {"PATH", "HOME", "LANG", "SYSTEMROOT"}
-    env = {k: v for k, v in os.environ.items() if k in keep}
-    env.update(extra)
-    return env
+from tests.conftest import JWT_SECRET
+from tests.helpers import ChatClient
+from tests.servers import ROOT, clean_env, free_port, wait_for_port
 
 
 @pytest.fixture

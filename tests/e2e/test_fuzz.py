@@ -16,13 +16,13 @@ from typing import Any, TypeVar
 
 import pytest
 import websockets
-from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from server.app import create_app
-from server.config import Settings
+from tests.conftest import settings_for_tests
 from tests.helpers import ChatClient
+from tests.servers import serve
 
 T = TypeVar("T")
 EVENTS = ["joinConsultation", "sendMessage", "leaveConsultation", "stopGeneration", "refreshToken"]
@@ -71,24 +71,19 @@ def target() -> Iterator[FuzzTarget]:
     thread = LoopThread()
     errors = ErrorLog()
     logging.getLogger().addHandler(errors)
-    settings_ = Settings(
-        port=0, offline_word_delay_seconds=0, rate_limit_messages=1_000_000, max_message_chars=8000
-    )
+    settings = settings_for_tests(offline_word_delay_seconds=0, rate_limit_messages=1_000_000)
+    server = serve(create_app(settings))
 
-    async def start() -> tuple[web.AppRunner, str, ChatClient]:
-        runner = web.AppRunner(create_app(settings_), shutdown_timeout=1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        url = f"http://{host}:{port}"
-        client = await ChatClient(url, transports=["websocket"]).connect()
+    async def start() -> tuple[str, ChatClient]:
+        served = await server.__aenter__()
+        client = await ChatClient(served.url, transports=["websocket"]).connect()
         await client.join("fuzz")
-        return runner, url, client
+        return served.url, client
 
-    runner, url, client = thread.run(start())
+    url, client = thread.run(start())
     yield FuzzTarget(thread, url, client, errors)
     thread.run(client.disconnect())
-    thread.run(runner.cleanup())
+    thread.run(server.__aexit__(None, None, None))
     thread.stop()
     logging.getLogger().removeHandler(errors)
 

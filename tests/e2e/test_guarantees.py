@@ -6,37 +6,39 @@ import asyncio
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import socketio
 
 from server.storage.mongo import MongoStore
-from tests.conftest import JWT_SECRET, MongoServer, StartServer, make_token
-from tests.helpers import ChatClient, chunks_by_message, free_port
-
-Connect = Any
+from tests.conftest import JWT_SECRET, Connect, StartServer, make_token
+from tests.helpers import ChatClient, assert_clean_stream, eventually
+from tests.servers import MongoServer
 
 
 async def test_a_retried_client_message_id_is_stored_broadcast_and_answered_once(
     start_server: StartServer, connect: Connect, mongo_store: MongoStore
 ) -> None:
     server = await start_server(store=mongo_store, jwt_secret=JWT_SECRET)
-    sender: ChatClient = await connect(server.url, token=make_token("gina"))
-    watcher: ChatClient = await connect(server.url, token=make_token("gina"))
-    await sender.join("retry")
-    await watcher.join("retry")
+    sender = await connect(server.url, token=make_token("gina"), join="retry")
+    watcher = await connect(server.url, token=make_token("gina"), join="retry")
     first = await sender.send("retry", "did you get this?", clientMessageId="cm-1")
     await watcher.wait_reply_done()
-    await watcher.wait_quiet(0.5)
     events_before = len(watcher.events)
 
     retry = await sender.send("retry", "did you get this?", clientMessageId="cm-1")
     assert retry == first  # the original message and seq
-    await asyncio.sleep(0.8)
-    assert watcher.events[events_before:] == []  # no second broadcast, no second reply
+    # A marker: a second broadcast or reply of the retry would come before this one's.
+    marker, _ = await sender.ask("retry", "marker")
+    await watcher.wait_reply_done(count=2)
+    later = [(name, data.get("id")) for name, data in watcher.events[events_before:]]
+    assert [e for e in later if e[0] == "userMessage"] == [("userMessage", marker["id"])]
+    assert len([e for e in later if e[0] == "aiMessage"]) == 1
     history = (await watcher.join("retry"))["messages"]
-    assert [m["content"] for m in history if m["role"] == "user"] == ["did you get this?"]
+    assert [m["content"] for m in history if m["role"] == "user"] == [
+        "did you get this?",
+        "marker",
+    ]
 
 
 async def test_a_burst_of_sends_with_retries_stores_each_message_once(
@@ -46,11 +48,9 @@ async def test_a_burst_of_sends_with_retries_stores_each_message_once(
         store=mongo_store, jwt_secret=JWT_SECRET, rate_limit_messages=1000, ai_models=("slow-5",)
     )
     token = make_token("hank")
-    phone: ChatClient = await connect(server.url, token=token)
-    laptop: ChatClient = await connect(server.url, token=token)
-    watcher: ChatClient = await connect(server.url, token=make_token("op", role="operator"))
-    for client in (phone, laptop, watcher):
-        await client.join("burst")
+    phone = await connect(server.url, token=token, join="burst")
+    laptop = await connect(server.url, token=token, join="burst")
+    watcher = await connect(server.url, token=make_token("op", role="operator"), join="burst")
 
     # 80 distinct messages from the phone; 20 of them retried at once from the laptop (the
     # same user on a flaky network), 100 sends in all.
@@ -83,8 +83,7 @@ async def test_stop_generation_keeps_the_text_so_far_as_stopped(
     start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(ai_models=("slow-80",))
-    client: ChatClient = await connect(server.url)
-    await client.join("stop")
+    client = await connect(server.url, join="stop")
     await client.send("stop", "tell me a very long story about many things")
     await client.wait_for("aiChunk", count=3)
     ack = await client.call("stopGeneration", {"consultationId": "stop"})
@@ -92,9 +91,7 @@ async def test_stop_generation_keeps_the_text_so_far_as_stopped(
     [message] = await client.wait_for("aiMessage", timeout=5)
     await client.wait_reply_done()
     assert message["status"] == "stopped"
-    assert message["content"] == "".join(
-        c["content"] for c in chunks_by_message(client)[message["id"]]
-    )
+    assert_clean_stream(client, message)
     assert 0 < len(message["content"]) < len("Echo: tell me a very long story about many things")
     history = (await client.join("stop"))["messages"]
     assert history[-1] == message
@@ -103,17 +100,15 @@ async def test_stop_generation_keeps_the_text_so_far_as_stopped(
         "stopping": False,
     }
     # The next message is answered normally.
-    await client.send("stop", "short one")
-    await client.wait_reply_done(count=2, timeout=20)
-    assert client.of("aiMessage")[-1]["status"] == "complete"
+    _, reply = await client.ask("stop", "short one")
+    assert reply["status"] == "complete"
 
 
 async def test_a_hanging_model_times_out_and_the_chain_moves_on(
     start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(ai_models=("hang", "good"), ai_first_token_timeout_seconds=1)
-    client: ChatClient = await connect(server.url)
-    await client.join("hang")
+    client = await connect(server.url, join="hang")
     started = time.monotonic()
     await client.send("hang", "anyone?")
     [message] = await client.wait_for("aiMessage", timeout=10)
@@ -125,8 +120,7 @@ async def test_when_every_model_hangs_the_room_gets_ai_unavailable(
     start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(ai_models=("hang",), ai_first_token_timeout_seconds=0.5)
-    client: ChatClient = await connect(server.url)
-    await client.join("all-hang")
+    client = await connect(server.url, join="all-hang")
     await client.send("all-hang", "hello?")
     [error] = await client.wait_for("error", timeout=10)
     assert error["code"] == "ai_unavailable"
@@ -138,8 +132,7 @@ async def test_a_model_that_stalls_mid_stream_is_cut_by_the_request_timeout(
     start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(ai_models=("stall-after-3", "good"), ai_timeout_seconds=1)
-    client: ChatClient = await connect(server.url)
-    await client.join("stall")
+    client = await connect(server.url, join="stall")
     await client.send("stall", "go on")
     [message] = await client.wait_for("aiMessage", timeout=10)
     assert message["status"] == "incomplete"
@@ -152,10 +145,8 @@ async def test_a_disconnect_mid_reply_does_not_stop_it(
 ) -> None:
     server = await start_server(jwt_secret=JWT_SECRET, ai_models=("slow-30",))
     token = make_token("ivan")
-    leaving: ChatClient = await connect(server.url, token=token)
-    staying: ChatClient = await connect(server.url, token=token)
-    await leaving.join("gone")
-    await staying.join("gone")
+    leaving = await connect(server.url, token=token, join="gone")
+    staying = await connect(server.url, token=token, join="gone")
     await leaving.send("gone", "answer even if I leave")
     await leaving.wait_for("aiChunk")
     await leaving.disconnect()
@@ -176,12 +167,9 @@ async def test_the_message_rate_is_limited_per_user_with_a_warning_first(
         ai_models=("fail-500",),
     )
     token = make_token("judy")
-    phone: ChatClient = await connect(server.url, token=token)
-    laptop: ChatClient = await connect(server.url, token=token)
-    other: ChatClient = await connect(server.url, token=make_token("kim"))
-    for client in (phone, laptop):
-        await client.join("rate")
-    await other.join("rate-other")
+    phone = await connect(server.url, token=token, join="rate")
+    laptop = await connect(server.url, token=token, join="rate")
+    other = await connect(server.url, token=make_token("kim"), join="rate-other")
     for i in range(3):
         await phone.send("rate", f"m{i}")
     assert phone.of("rateWarning") == []
@@ -215,8 +203,9 @@ async def test_connection_limits_per_user_and_per_instance(
     assert third.connect_error["data"]["code"] == "too_many_connections"
     await connect(server.url, token=make_token("mia"))  # other users are not affected
     await first.disconnect()
-    await asyncio.sleep(0.2)
-    again: ChatClient = await connect(server.url, token=make_token("lena"))  # a slot freed up
+    # A slot frees up once the server has seen the disconnect.
+    await eventually(lambda: server.components.connections.count == 2)
+    again = await connect(server.url, token=make_token("lena"))
     await connect(server.url, token=make_token("ned"))
     full = ChatClient(server.url, token=make_token("olga"))  # 4 connected: the instance is full
     with pytest.raises(socketio.exceptions.ConnectionError):
@@ -243,14 +232,12 @@ async def test_an_expired_token_disconnects_unless_refreshed(
 
     [error] = await expiring.wait_for("error", lambda e: e["code"] == "token_expired", timeout=8)
     assert "expired" in error["message"]
-    for _ in range(30):
-        if not expiring.sio.connected:
-            break
-        await asyncio.sleep(0.1)
-    assert not expiring.sio.connected
-    await asyncio.sleep(0.5)
+    await eventually(lambda: not expiring.sio.connected, timeout=5)
+    # Both tokens expired at the same moment, and the first socket is gone: the refreshed one
+    # would have been dropped with it.
     assert refreshed.sio.connected
     await refreshed.join("still-here")
+    assert all(e["code"] != "token_expired" for e in refreshed.of("error"))
 
 
 async def test_blocklisted_content_is_rejected_before_it_is_stored(
@@ -259,8 +246,7 @@ async def test_blocklisted_content_is_rejected_before_it_is_stored(
     blocklist = tmp_path / "blocklist.txt"
     blocklist.write_text("# one term per line\nforbidden phrase\nBadWord\n")
     server = await start_server(moderation_blocklist_file=str(blocklist), ai_models=("fail-500",))
-    client: ChatClient = await connect(server.url)
-    await client.join("moderated")
+    client = await connect(server.url, join="moderated")
     for content in ("this has a badword in it", "a FORBIDDEN   phrase".replace("   ", " ")):
         refused = await client.call(
             "sendMessage", {"consultationId": "moderated", "content": content}
@@ -274,8 +260,7 @@ async def test_an_oversized_frame_is_refused_without_taking_the_server_down(
     start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(max_http_buffer_size=20_000, max_message_chars=100_000)
-    bystander: ChatClient = await connect(server.url)
-    await bystander.join("bystander")
+    bystander = await connect(server.url, join="bystander")
     for transports in (["websocket"], ["polling"]):
         greedy: ChatClient = await connect(server.url, transports=transports)
         room = f"big-{transports[0]}"
@@ -284,21 +269,16 @@ async def test_an_oversized_frame_is_refused_without_taking_the_server_down(
             await greedy.call(
                 "sendMessage", {"consultationId": room, "content": "x" * 50_000}, timeout=3
             )
-        for _ in range(50):
-            if not greedy.sio.connected:
-                break
-            await asyncio.sleep(0.1)
-        assert not greedy.sio.connected
+        await eventually(lambda greedy=greedy: not greedy.sio.connected, timeout=5)
     assert bystander.sio.connected
     assert (await bystander.send("bystander", "still fine"))["seq"] == 1
-    fresh: ChatClient = await connect(server.url)
-    await fresh.join("fresh")
+    await connect(server.url, join="fresh")
 
 
 async def test_mongodb_killed_and_restarted_loses_no_acknowledged_message(
     start_server: StartServer, connect: Connect, tmp_path: Path
 ) -> None:
-    mongo = MongoServer(free_port(), storage_path=str(tmp_path / "mongo"))
+    mongo = MongoServer(storage_path=str(tmp_path / "mongo"))
     (tmp_path / "mongo").mkdir()
     mongo.start()
     try:
@@ -323,9 +303,7 @@ async def test_mongodb_killed_and_restarted_loses_no_acknowledged_message(
 
         for i in range(5):
             await send(i)
-        mongo.process.terminate()  # type: ignore[union-attr]
-        mongo.process.wait(timeout=10)  # type: ignore[union-attr]
-        mongo.process = None
+        mongo.terminate()
         for i in range(5, 8):
             await send(i)
         assert refused == ["m5", "m6", "m7"]

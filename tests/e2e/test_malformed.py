@@ -6,10 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import StartServer
-from tests.helpers import ChatClient
-
-Connect = Any
+from tests.conftest import Connect, StartServer
 
 BAD_PAYLOADS: list[tuple[str, Any]] = [
     ("joinConsultation", None),
@@ -48,8 +45,7 @@ async def test_malformed_payloads_get_an_error_ack_and_the_socket_keeps_working(
     start_server: StartServer, connect: Connect, event: str, payload: Any
 ) -> None:
     server = await start_server(ai_models=("fail-500",))
-    client: ChatClient = await connect(server.url)
-    await client.join("ok")
+    client = await connect(server.url, join="ok")
     ack = await client.call(event, payload)
     assert ack["ok"] is False, ack
     assert ack["error"]["code"] in {"invalid_payload", "not_joined"}
@@ -65,7 +61,7 @@ async def test_unknown_events_and_extra_arguments_are_answered(
     start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(ai_models=("fail-500",))
-    client: ChatClient = await connect(server.url)
+    client = await connect(server.url)
     assert (await client.call("noSuchEvent", {}))["error"]["code"] == "unknown_event"
     extra = await client.sio.call(
         "joinConsultation", ({"consultationId": "a"}, {"b": 1}), namespace="/chat", timeout=5
@@ -82,8 +78,7 @@ async def test_the_content_limit_is_configurable(
     start_server: StartServer, connect: Connect
 ) -> None:
     server = await start_server(max_message_chars=10, ai_models=("fail-500",))
-    client: ChatClient = await connect(server.url)
-    await client.join("short")
+    client = await connect(server.url, join="short")
     assert (await client.send("short", "x" * 10))["seq"] == 1
     too_long = await client.call("sendMessage", {"consultationId": "short", "content": "x" * 11})
     assert too_long["error"]["code"] == "invalid_payload"

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import websockets
 
-from tests.cluster import http_json
-from tests.conftest import JWT_SECRET, ROOT, make_token
-from tests.helpers import free_port, wait_for_port
+from tests.conftest import JWT_SECRET, make_token
+from tests.servers import ROOT, clean_env, free_port, http_json, wait_for_port
 
 CYCLES = 10_000
 WARMUP = 1_000
@@ -55,17 +54,18 @@ async def run_cycles(url: str, count: int) -> None:
 async def test_ten_thousand_connect_disconnect_cycles_do_not_grow_memory(tmp_path: Path) -> None:
     port = free_port()
     log = (tmp_path / "server.log").open("wb")
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PORT": str(port),
-        "JWT_SECRET": JWT_SECRET,
-        "MAX_CONNECTIONS_PER_USER": "1000",
-        "LOG_LEVEL": "WARNING",
-        # Engine.IO keeps a ping task per socket for one interval after it closes: a short
-        # interval lets the measurement see steady state instead of 25 s of pending pings.
-        "PING_INTERVAL": "1",
-        "PING_TIMEOUT": "2",
-    }
+    env = clean_env(
+        **{
+            "PORT": str(port),
+            "JWT_SECRET": JWT_SECRET,
+            "MAX_CONNECTIONS_PER_USER": "1000",
+            "LOG_LEVEL": "WARNING",
+            # Engine.IO keeps a ping task per socket for one interval after it closes: a short
+            # interval lets the measurement see steady state instead of 25 s of pending pings.
+            "PING_INTERVAL": "1",
+            "PING_TIMEOUT": "2",
+        }
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
     )

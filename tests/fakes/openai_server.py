@@ -19,6 +19,7 @@ exact text to expect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.servers import serve
 
 
 def reply_for(messages: list[dict[str, Any]]) -> str:
@@ -42,22 +45,17 @@ class FakeOpenAI:
     token_delay: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
-    _runner: web.AppRunner | None = None
+    _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
-        self._runner = web.AppRunner(app, shutdown_timeout=1)  # "hang" handlers never end
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/v1"
+        served = await self._stack.enter_async_context(serve(app))  # "hang" handlers never end
+        self.url = f"{served.url}/v1"
         return self.url
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._stack.aclose()
 
     def requests_for(self, model: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["model"] == model]

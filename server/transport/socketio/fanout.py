@@ -20,7 +20,7 @@ import socketio
 from engineio import packet as eio_packet
 from socketio import packet as sio_packet
 
-from .sio import LeanSocket
+from .server import LeanSocket
 
 
 def deliver_locally(

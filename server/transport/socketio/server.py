@@ -23,7 +23,7 @@ from engineio.async_socket import AsyncSocket
 from engineio.exceptions import QueueEmpty
 from engineio.packet import Packet
 
-from ..config import Settings
+from ...config import Settings
 
 log = logging.getLogger(__name__)
 

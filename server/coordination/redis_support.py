@@ -1,0 +1,101 @@
+"""What every Redis-backed coordination concern shares: one client, keys, scripts, errors.
+
+Keys are ``{prefix}:{kind}:{{name}}``: the name is a hash tag, so every key of one consultation
+(its lock, pending flag, partial reply, stop signal) lives in one Redis Cluster slot and a Lua
+script may touch several of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ..errors import CoordinationUnavailable
+
+log = logging.getLogger(__name__)
+
+RedisClient = Redis | RedisCluster
+
+
+def redis_client(url: str, *, cluster: bool = False, timeout_seconds: float = 2.0) -> RedisClient:
+    """A client that fails within seconds and retries a dropped connection once."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_seconds,
+        "socket_connect_timeout": timeout_seconds,
+        "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2),
+        "decode_responses": True,
+    }
+    if cluster:
+        client: RedisClient = RedisCluster.from_url(url, **options)
+    else:
+        client = Redis.from_url(
+            url,
+            retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionResetError],
+            health_check_interval=10,
+            **options,
+        )
+    return client
+
+
+class RedisHandle:
+    """The shared client of an instance's Redis-backed concerns, with their key prefix."""
+
+    def __init__(self, url: str, *, prefix: str = "consultations", cluster: bool = False) -> None:
+        self.client = redis_client(url, cluster=cluster)
+        self.prefix = prefix
+        self.cluster = cluster
+        self._scripts: dict[str, Any] = {}
+
+    def key(self, kind: str, name: str) -> str:
+        return f"{self.prefix}:{kind}:{{{name}}}"
+
+    async def run(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a Lua script (EVALSHA, loaded on first use); its keys must share a slot."""
+        registered = self._scripts.get(script)
+        if registered is None:
+            registered = self._scripts[script] = self.client.register_script(script)
+        async with translated():
+            return await registered(keys=keys, args=args)
+
+    def by_slot(self, keys: list[str]) -> list[list[int]]:
+        """Indexes of ``keys`` grouped so that each group may go to one script call."""
+        if not self.cluster:
+            return [list(range(len(keys)))] if keys else []
+        groups: dict[int, list[int]] = {}
+        for index, key in enumerate(keys):
+            groups.setdefault(key_slot(key.encode()), []).append(index)
+        return list(groups.values())
+
+    async def ping(self) -> None:
+        async with translated():
+            await self.client.ping()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+@asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Redis errors become :class:`CoordinationUnavailable` where they occur."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise CoordinationUnavailable(f"Redis is unavailable: {exc}") from exc

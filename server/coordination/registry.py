@@ -1,0 +1,92 @@
+"""``ConnectionRegistry``: live connections per user, for the per-user connection limit.
+
+Redis: a sorted set per user whose scores are expiry times; instances refresh their own
+entries, so a crashed instance's connections fall out within the TTL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from .redis_support import RedisHandle, translated
+
+_ADD = """
+local key = KEYS[1]
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+if not redis.call('ZSCORE', key, ARGV[1]) and redis.call('ZCARD', key) >= tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', key, now + ttl, ARGV[1])
+redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
+return 1
+"""
+_REFRESH = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
+end
+return 1
+"""
+REFRESH_BATCH = 500  # bounded script size
+
+
+class MemoryConnectionRegistry:
+    def __init__(self) -> None:
+        self._members: dict[str, dict[str, float]] = {}  # name -> member -> expires at
+
+    async def add(self, name: str, member: str, limit: int, ttl_seconds: float) -> bool:
+        now = time.monotonic()
+        members = self._members.setdefault(name, {})
+        for expired in [m for m, at in members.items() if at <= now]:
+            del members[expired]
+        if member not in members and len(members) >= limit:
+            return False
+        members[member] = now + ttl_seconds
+        return True
+
+    async def refresh(self, entries: Sequence[tuple[str, str]], ttl_seconds: float) -> None:
+        expires_at = time.monotonic() + ttl_seconds
+        for name, member in entries:
+            members = self._members.get(name)
+            if members is not None and member in members:
+                members[member] = expires_at
+
+    async def remove(self, name: str, member: str) -> None:
+        members = self._members.get(name)
+        if members is not None:
+            members.pop(member, None)
+            if not members:
+                del self._members[name]
+
+
+class RedisConnectionRegistry:
+    def __init__(self, redis: RedisHandle) -> None:
+        self._redis = redis
+
+    async def add(self, name: str, member: str, limit: int, ttl_seconds: float) -> bool:
+        added = await self._redis.run(
+            _ADD, [self._redis.key("presence", name)], [member, limit, ttl_seconds]
+        )
+        return bool(added)
+
+    async def refresh(self, entries: Sequence[tuple[str, str]], ttl_seconds: float) -> None:
+        keys = [self._redis.key("presence", name) for name, _ in entries]
+        for group in self._redis.by_slot(keys):
+            for start in range(0, len(group), REFRESH_BATCH):
+                batch = group[start : start + REFRESH_BATCH]
+                await self._redis.run(
+                    _REFRESH,
+                    [keys[i] for i in batch],
+                    [ttl_seconds, *(entries[i][1] for i in batch)],
+                )
+
+    async def remove(self, name: str, member: str) -> None:
+        async with translated():
+            await self._redis.client.zrem(self._redis.key("presence", name), member)

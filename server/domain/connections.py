@@ -1,0 +1,141 @@
+"""Connection policy, shared by every transport: who may connect (identity, per-instance and
+per-user limits), token expiry and refresh, and keeping the per-user registry alive."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from ..errors import AppError, Forbidden, TokenExpired
+from .consultations import ConsultationService
+from .events import ErrorEvent
+from .models import Identity
+from .policies import Admission
+from .ports import Rooms, TokenVerifier
+from .session import ChatSession
+
+log = logging.getLogger(__name__)
+
+Close = Callable[[], Awaitable[None]]
+
+
+class ConnectionService:
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        admission: Admission,
+        consultations: ConsultationService,
+        rooms: Rooms,
+    ) -> None:
+        self._verifier = verifier
+        self._admission = admission
+        self._consultations = consultations
+        self.rooms = rooms
+        self._sessions: dict[str, ChatSession] = {}
+        self._closers: dict[str, Close] = {}
+        self._expiry: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._keeper: asyncio.Task[None] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self._sessions)
+
+    def session(self, connection_id: str) -> ChatSession | None:
+        return self._sessions.get(connection_id)
+
+    async def open(self, token: str | None, connection_id: str, close: Close) -> ChatSession:
+        """Admit a connection: raises :class:`Unauthorized` or :class:`TooManyConnections`.
+        ``close`` is how the transport drops it (token expiry)."""
+        identity = self._verifier.identify(token)
+        await self._admission.admit(identity, connection_id, len(self._sessions))
+        session = ChatSession(identity, connection_id, self._consultations, self)
+        self._sessions[connection_id] = session
+        self._closers[connection_id] = close
+        self._schedule_expiry(session)
+        return session
+
+    async def close(self, connection_id: str) -> None:
+        """The transport lost the connection: forget it and free its slot."""
+        session = self._sessions.pop(connection_id, None)
+        self._closers.pop(connection_id, None)
+        timer = self._expiry.pop(connection_id, None)
+        if timer is not None:
+            timer.cancel()
+        if session is None:
+            return
+        for consultation in list(session.joined.values()):
+            with contextlib.suppress(Exception):
+                await self.rooms.leave(connection_id, consultation.key.room)
+        try:
+            await self._admission.release(session.identity, connection_id)
+        except AppError as exc:  # the registry entry expires by itself
+            log.warning("could not release the connection of %s: %s", connection_id, exc.message)
+
+    async def refresh(self, session: ChatSession, token: str) -> Identity:
+        """Adopt a fresh token: it must be for the same user of the same tenant."""
+        identity = self._verifier.identify(token)
+        current = session.identity
+        if (identity.tenant_id, identity.user_id) != (current.tenant_id, current.user_id):
+            raise Forbidden("A refreshed token must be for the same user")
+        session.identity = identity
+        self._schedule_expiry(session)
+        return identity
+
+    # -- token expiry ----------------------------------------------------------------------------
+
+    def _schedule_expiry(self, session: ChatSession) -> None:
+        """Drop the connection when its token expires, unless refreshToken comes first."""
+        cid = session.connection_id
+        previous = self._expiry.pop(cid, None)
+        if previous is not None:
+            previous.cancel()
+        expires_at = session.identity.expires_at
+        if expires_at is None:
+            return
+        delay = max(0.0, expires_at.timestamp() - time.time())
+        self._expiry[cid] = asyncio.get_running_loop().call_later(delay, self._on_expiry, cid)
+
+    def _on_expiry(self, connection_id: str) -> None:
+        task = asyncio.ensure_future(self._expire(connection_id))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, connection_id: str) -> None:
+        self._expiry.pop(connection_id, None)
+        close = self._closers.get(connection_id)
+        if connection_id not in self._sessions or close is None:
+            return
+        with contextlib.suppress(Exception):
+            await self.rooms.to_connection(
+                connection_id, ErrorEvent.model_validate(TokenExpired().to_wire())
+            )
+        await close()
+
+    # -- the per-user registry -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._keeper = asyncio.create_task(self._keep_alive(), name="connection-keeper")
+
+    async def stop(self) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keeper
+        for timer in self._expiry.values():
+            timer.cancel()
+
+    async def _keep_alive(self) -> None:
+        """Refresh this instance's connections in the per-user registry: entries of a crashed
+        instance are no longer refreshed and expire."""
+        interval = self._admission.policy.presence_ttl_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            live = [(s.identity, cid) for cid, s in self._sessions.items()]
+            try:
+                await self._admission.keep_alive(live)
+            except AppError as exc:
+                log.warning("could not refresh connection presence: %s", exc.message)

@@ -1,0 +1,347 @@
+"""The event catalogue: every client event (its payload, its acknowledgement, the server events
+it can cause) and every server event (its payload), as typed models.
+
+The domain emits :class:`ServerEvent` instances; each transport serializes them (camelCase on
+the wire); ``/ws/handlers``, ``/asyncapi.json``, README's tables and the tests read
+:data:`CATALOGUE`. Adding an event means one entry here (and its handler).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic.alias_generators import to_camel
+
+from ..errors import InvalidPayload
+from .models import Message
+
+# -- client payloads -----------------------------------------------------------------------------
+
+CONSULTATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+ConsultationId = Annotated[
+    StrictStr,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=CONSULTATION_ID_PATTERN,
+        description="1–128 characters of A–Z a–z 0–9 . _ : @ -, starting with a letter or digit",
+    ),
+]
+ClientMessageId = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+
+# Messages for people, by field and pydantic error type; the machine-readable name of the field
+# goes in the error's ``field``.
+_READABLE = {
+    ("consultationId", "string_pattern_mismatch"): (
+        "consultationId may only contain letters, digits and . _ : @ - "
+        "and must start with a letter or digit"
+    ),
+}
+
+
+class Payload(BaseModel):
+    """A client event's payload. Unknown fields are ignored (older frontends send ``userId`` and
+    ``tenantId``: tolerated, never trusted). Types are strict: ``"5"`` is not a number."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @classmethod
+    def parse(cls, data: Any) -> Self:
+        if data is None and not any(f.is_required() for f in cls.model_fields.values()):
+            data = {}
+        if not isinstance(data, dict):
+            raise InvalidPayload(f"The payload must be an object, not {_json_type(data)}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise _invalid(exc) from None
+
+
+class JoinConsultation(Payload):
+    consultationId: ConsultationId
+    lastSeq: Annotated[StrictInt, Field(ge=0)] | None = Field(
+        default=None, description="the last seq the client has: the ack lists what follows"
+    )
+
+
+class SendMessage(Payload):
+    consultationId: ConsultationId
+    # Length limits are the domain's (configurable); this bounds what is parsed at all.
+    content: Annotated[StrictStr, Field(description="1 to MAX_MESSAGE_CHARS characters")]
+    clientMessageId: ClientMessageId | None = Field(
+        default=None, description="makes the send idempotent within the consultation"
+    )
+
+
+class LeaveConsultation(Payload):
+    consultationId: ConsultationId
+
+
+class StopGeneration(Payload):
+    consultationId: ConsultationId
+
+
+class RefreshToken(Payload):
+    token: Annotated[StrictStr, Field(min_length=1, max_length=8192)]
+
+
+def _invalid(exc: ValidationError) -> InvalidPayload:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    field = ".".join(str(part) for part in first["loc"])
+    kind = first["type"]
+    if (field, kind) in _READABLE:
+        message = _READABLE[(field, kind)]
+    elif kind == "missing":
+        message = f"{field} is required"
+    elif kind in {"string_type", "int_type", "bool_type", "dict_type", "list_type"}:
+        expected = {"string_type": "a string", "int_type": "an integer"}.get(kind, kind[:-5])
+        message = f"{field} must be {expected}"
+    elif kind == "string_too_short":
+        message = f"{field} must not be empty"
+    elif kind == "string_too_long":
+        message = f"{field} is longer than {first['ctx']['max_length']} characters"
+    elif kind in {"greater_than_equal", "less_than_equal"}:
+        bound = first["ctx"].get("ge", first["ctx"].get("le"))
+        word = "at least" if kind == "greater_than_equal" else "at most"
+        message = f"{field} must be {word} {bound}"
+    else:
+        message = f"{field}: {re.sub(r'^(Value error|Input should be), ?', '', first['msg'])}"
+    return InvalidPayload(message, field=field or None)
+
+
+def _json_type(value: Any) -> str:
+    names = {
+        type(None): "null",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+    }
+    return names.get(type(value), type(value).__name__)
+
+
+# -- server events -------------------------------------------------------------------------------
+
+
+class Wire(BaseModel):
+    """A payload sent to clients: snake_case here, camelCase on the wire; None is left out."""
+
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, validate_by_name=True)
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ServerEvent(Wire):
+    """One emission of a server event; the class is its catalogue entry."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+
+    @classmethod
+    def payload_schema(cls) -> dict[str, Any]:
+        return cls.model_json_schema(by_alias=True, mode="serialization")
+
+
+class MessageEvent(ServerEvent):
+    """A stored message: the payload is the message itself."""
+
+    message: Message
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.message.to_wire()
+
+    @classmethod
+    def payload_schema(cls) -> dict[str, Any]:
+        return Message.model_json_schema(by_alias=True, mode="serialization")
+
+    @property
+    def seq(self) -> int:
+        return self.message.seq
+
+
+class UserMessage(MessageEvent):
+    name = "userMessage"
+    summary = "A stored user message, to the room except the sending connection (it has the ack)"
+
+
+class AiMessage(MessageEvent):
+    name = "aiMessage"
+    summary = "The stored reply, after its last aiChunk; id equals the chunks' messageId"
+
+
+class AiThinking(ServerEvent):
+    name = "aiThinking"
+    summary = "A reply starts (processing) or ends (done), whatever its outcome"
+    consultation_id: str
+    status: Literal["processing", "done"]
+
+
+class AiChunk(ServerEvent):
+    name = "aiChunk"
+    summary = (
+        "Streamed reply text, index from 0; the last has isComplete: true; all contents "
+        "concatenated equal the stored reply"
+    )
+    consultation_id: str
+    message_id: str
+    index: int
+    content: str
+    is_complete: bool
+
+
+class ErrorEvent(ServerEvent):
+    name = "error"
+    summary = (
+        "An error for the room (ai_unavailable) or for one connection (its failed event, "
+        "token_expired)"
+    )
+    model_config = ConfigDict(extra="allow")  # codes add their own details (retryAfter …)
+    code: str
+    message: str
+    consultation_id: str | None = None
+    retryable: bool | None = None
+    field: str | None = None
+
+
+class RateWarning(ServerEvent):
+    name = "rateWarning"
+    summary = "To the sending connection, from 80% of the message rate limit"
+    limit: int
+    remaining: int
+    window_seconds: float
+
+
+# -- acknowledgements ----------------------------------------------------------------------------
+
+
+class Ack(Wire):
+    ok: Literal[True] = True
+
+
+class ErrorAck(Wire):
+    ok: Literal[False] = False
+    error: dict[str, Any]
+
+
+class StreamingPartial(Wire):
+    message_id: str
+    content: str
+    index: int = Field(description="index of the last chunk included in content")
+
+
+class JoinAck(Ack):
+    consultation: dict[str, Any]
+    messages: list[Message]
+    streaming: StreamingPartial | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {
+            "ok": True,
+            "consultation": self.consultation,
+            "messages": [m.to_wire() for m in self.messages],
+        }
+        if self.streaming is not None:
+            wire["streaming"] = self.streaming.to_wire()
+        return wire
+
+
+class SendAck(Ack):
+    message: Message
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": True, "message": self.message.to_wire()}
+
+
+class LeaveAck(Ack):
+    left: bool
+
+
+class StopAck(Ack):
+    stopping: bool
+
+
+class RefreshAck(Ack):
+    expires_at: str | None
+
+
+# -- the catalogue -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    name: str
+    payload: type[Payload]
+    ack: type[Wire]
+    handler: str  # the ChatSession method that answers it
+    causes: tuple[type[ServerEvent], ...]
+    summary: str
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    client: tuple[ClientEvent, ...]
+    server: tuple[type[ServerEvent], ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {e.name: e for e in self.client})
+
+    def client_event(self, name: str) -> ClientEvent | None:
+        found: ClientEvent | None = self.__dict__["_by_name"].get(name)
+        return found
+
+    @property
+    def client_names(self) -> frozenset[str]:
+        return frozenset(e.name for e in self.client)
+
+
+CATALOGUE = Catalogue(
+    client=(
+        ClientEvent(
+            "joinConsultation",
+            JoinConsultation,
+            JoinAck,
+            "join",
+            (),
+            "Join the room (creating the consultation, owned by the caller, when new); the ack "
+            "has the last 50 messages, or all after lastSeq, and the reply streaming right now",
+        ),
+        ClientEvent(
+            "sendMessage",
+            SendMessage,
+            SendAck,
+            "send",
+            (UserMessage, AiThinking, AiChunk, AiMessage, RateWarning, ErrorEvent),
+            "Store a message in a joined consultation and broadcast it; the assistant answers",
+        ),
+        ClientEvent(
+            "leaveConsultation",
+            LeaveConsultation,
+            LeaveAck,
+            "leave",
+            (),
+            "Leave the room",
+        ),
+        ClientEvent(
+            "stopGeneration",
+            StopGeneration,
+            StopAck,
+            "stop",
+            (AiChunk, AiMessage, AiThinking),
+            "Stop the reply streaming in a joined consultation, on whichever instance runs it",
+        ),
+        ClientEvent(
+            "refreshToken",
+            RefreshToken,
+            RefreshAck,
+            "refresh",
+            (),
+            "A fresh token for the same user and tenant, before the current one expires",
+        ),
+    ),
+    server=(UserMessage, AiThinking, AiChunk, AiMessage, ErrorEvent, RateWarning),
+)

@@ -1,0 +1,85 @@
+"""Namespace ``/chat``: connect through the connection policy, hand every event to the
+session's ``dispatch``, answer its ack. No chat logic lives here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import socketio
+
+from ...domain.connections import ConnectionService
+from ...domain.events import CATALOGUE, ErrorAck
+from ...errors import AppError, InvalidPayload, Unauthorized
+from ..auth import token_from_handshake
+from ..net import Network, handshake_address
+from .server import close_sockets
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "/chat"
+
+
+class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
+    def __init__(
+        self, connections: ConnectionService, trusted_proxies: Sequence[Network] = ()
+    ) -> None:
+        super().__init__(NAMESPACE)
+        self._connections = connections
+        self._proxies = tuple(trusted_proxies)
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        async def close() -> None:
+            eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
+            if eio_sid is not None:
+                # A transport close: socket.io-client reconnects after it, not after a
+                # Socket.IO "server disconnect".
+                await close_sockets(self.server, [eio_sid])
+
+        try:
+            session = await self._connections.open(token_from_handshake(environ, auth), sid, close)
+        except AppError as exc:
+            # Two arguments: socket.io-client then sees err.message and err.data.code.
+            raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_wire()) from None
+        identity = session.identity
+        log.info(
+            "connected %s as %s/%s from %s",
+            sid,
+            identity.tenant_id,
+            identity.user_id,
+            handshake_address(environ, self._proxies),
+        )
+
+    async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
+        await self._connections.close(sid)
+
+    async def trigger_event(self, event: Any, *args: Any) -> Any:
+        sid = args[0] if args else None
+        if self._is_lifecycle(event, sid):
+            return await super().trigger_event(event, *args)
+        session = self._connections.session(sid) if isinstance(sid, str) else None
+        if session is None:
+            return ErrorAck(
+                error=Unauthorized("This connection has no session").to_wire()
+            ).to_wire()
+        data = args[1:]
+        if len(data) > 1:
+            error = InvalidPayload("expected one payload object")
+            await session.fail(error)
+            return ErrorAck(error=error.to_wire()).to_wire()
+        # Unknown events, and reserved names sent as events by a client, are answered by
+        # dispatch with unknown_event instead of silence (or a second handshake).
+        name = event if isinstance(event, str) else repr(event)
+        return await session.dispatch(name, data[0] if data else None)
+
+    def _is_lifecycle(self, event: Any, sid: Any) -> bool:
+        if event == "connect":
+            return self._connections.session(sid) is None
+        if event == "disconnect":
+            # During a real disconnect python-socketio has already marked the sid as leaving.
+            return not self.server.manager.is_connected(sid, NAMESPACE)
+        return False
+
+
+CLIENT_EVENTS = CATALOGUE.client_names

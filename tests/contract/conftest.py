@@ -1,0 +1,51 @@
+"""Every coordination implementation, for the contract suites: in memory, on Redis, on Redis
+behind the failover wrappers, and behind the failover wrappers while Redis is down (the
+wrappers must then behave exactly like memory)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from server.coordination import Coordination, in_memory, on_redis
+from server.coordination.buffer import RedisReplyBuffer
+from server.coordination.locks import RedisReplyLocks
+from server.coordination.queue import RedisReplyQueue
+from server.coordination.rates import RedisRateLimits
+from server.coordination.redis_support import RedisHandle
+from server.coordination.registry import RedisConnectionRegistry
+from server.coordination.stops import RedisStopSignals
+from tests.servers import RedisServer, free_port
+
+
+def on_redis_only(redis: RedisHandle) -> Coordination:
+    return Coordination(
+        locks=RedisReplyLocks(redis),
+        queue=RedisReplyQueue(redis),
+        buffer=RedisReplyBuffer(redis),
+        stops=RedisStopSignals(redis),
+        rates=RedisRateLimits(redis),
+        registry=RedisConnectionRegistry(redis),
+    )
+
+
+@pytest.fixture(params=["memory", "redis", "failover", "failover-redis-down"])
+async def coordination(request: pytest.FixtureRequest) -> AsyncIterator[Coordination]:
+    if request.param == "memory":
+        yield in_memory()
+        return
+    if request.param == "failover-redis-down":
+        url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = server.url
+    redis = RedisHandle(url, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    yield on_redis_only(redis) if request.param == "redis" else on_redis(redis)
+    await redis.close()
+
+
+@pytest.fixture
+def name() -> str:
+    return f"c:{uuid.uuid4().hex}"

@@ -1,0 +1,35 @@
+"""What only the failover wrappers do: switch between Redis and memory as Redis comes and goes,
+and say so through the readiness probe."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from server.coordination import on_redis
+from server.coordination.redis_support import RedisHandle
+from server.errors import CoordinationUnavailable
+from tests.servers import RedisServer
+
+
+async def test_state_marked_locally_during_an_outage_is_not_lost_when_redis_returns() -> None:
+    redis_server = RedisServer()
+    redis = RedisHandle(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    coordination = on_redis(redis)
+    try:
+        with pytest.raises(CoordinationUnavailable):
+            await redis.ping()
+        await coordination.queue.mark_pending("c:1")  # Redis is down: kept locally
+        lock = await coordination.locks.try_lock("c:1", 5)
+        assert lock is not None and await lock.renew() is True
+        redis_server.start()
+        await redis.ping()
+        assert await coordination.queue.is_pending("c:1") is True  # the local flag counts
+        assert await coordination.queue.take_pending("c:1") is True
+        assert await coordination.queue.take_pending("c:1") is False
+        await coordination.stops.request_stop("c:1", 5)  # now on Redis
+        assert await coordination.stops.take_stop("c:1") is True
+    finally:
+        await redis.close()
+        redis_server.stop()

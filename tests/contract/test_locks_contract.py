@@ -1,0 +1,53 @@
+"""The ReplyLocks contract: one holder at a time; an expired holder can neither renew nor
+release what another took."""
+
+from __future__ import annotations
+
+import asyncio
+
+from server.coordination import Coordination
+
+
+async def test_a_lock_is_exclusive_until_released(coordination: Coordination, name: str) -> None:
+    lock = await coordination.locks.try_lock(name, 5)
+    assert lock is not None
+    assert await coordination.locks.try_lock(name, 5) is None
+    await lock.release()
+    again = await coordination.locks.try_lock(name, 5)
+    assert again is not None
+    await again.release()
+
+
+async def test_locks_are_per_name(coordination: Coordination, name: str) -> None:
+    a = await coordination.locks.try_lock(name + "a", 5)
+    b = await coordination.locks.try_lock(name + "b", 5)
+    assert a is not None and b is not None
+
+
+async def test_an_expired_lock_can_be_taken_and_its_holder_cannot_renew_or_release_it(
+    coordination: Coordination, name: str
+) -> None:
+    first = await coordination.locks.try_lock(name, 0.2)
+    assert first is not None
+    await asyncio.sleep(0.35)
+    second = await coordination.locks.try_lock(name, 5)
+    assert second is not None
+    assert await first.renew() is False
+    await first.release()  # must not release the new holder's lock
+    assert await coordination.locks.try_lock(name, 5) is None
+    await second.release()
+
+
+async def test_renew_extends_the_expiry(coordination: Coordination, name: str) -> None:
+    lock = await coordination.locks.try_lock(name, 0.4)
+    assert lock is not None
+    for _ in range(3):
+        await asyncio.sleep(0.2)
+        assert await lock.renew() is True
+    assert await coordination.locks.try_lock(name, 5) is None
+    await lock.release()
+
+
+async def test_concurrent_takers_get_one_lock(coordination: Coordination, name: str) -> None:
+    taken = await asyncio.gather(*(coordination.locks.try_lock(name, 5) for _ in range(10)))
+    assert sum(lock is not None for lock in taken) == 1

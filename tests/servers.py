@@ -1,0 +1,274 @@
+"""Launchers for every real server the tests run, one of each kind:
+
+- ``serve`` — an aiohttp application (ours or a fake) in this process, on a free port;
+- ``AppProcess`` — ``python -m server`` as users start it, in a clean environment;
+- ``ExternalServer`` — a server binary (redis-server, SecantusDB, nginx) on a free port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+KEPT_ENVIRONMENT = ("PATH", "HOME", "LANG", "SYSTEMROOT")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout}s")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment of a server process: nothing of this machine's settings leaks in."""
+    env = {k: v for k, v in os.environ.items() if k in KEPT_ENVIRONMENT}
+    env.setdefault("PATH", "/usr/bin:/bin")
+    env.update(extra)
+    return env
+
+
+def http_json(url: str, timeout: float = 3, headers: Mapping[str, str] | None = None) -> Any:
+    """``(status, body)`` of a GET whose answer is JSON."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+# -- in this process ------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    url: str
+    app: web.Application
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application, *, shutdown_timeout: float = 1) -> AsyncIterator[Served]:
+    """Run ``app`` on a free loopback port until the block ends."""
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        yield Served(f"http://{host}:{port}", app)
+    finally:
+        await runner.cleanup()
+
+
+# -- server binaries ------------------------------------------------------------------------------
+
+
+@dataclass
+class ExternalServer:
+    """A real server binary on a port of its own, started and killed by the tests."""
+
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> ExternalServer:
+        self.process = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port)
+        return self
+
+    def terminate(self) -> None:
+        """A clean stop (SIGTERM), waited for."""
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def binary(name: str, *extra_dirs: str) -> str:
+    found = shutil.which(name) or next(
+        (p for d in extra_dirs if (p := shutil.which(name, path=d))), None
+    )
+    assert found, f"{name} is missing: scripts/test installs it"
+    return found
+
+
+@dataclass
+class MongoServer(ExternalServer):
+    """SecantusDB, a MongoDB-wire server."""
+
+    storage_path: str = ":memory:"  # a directory keeps data across restarts
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def command(self) -> list[str]:
+        executable = binary("secantusd-py", os.path.dirname(sys.executable))
+        address = ["--host", "127.0.0.1", "--port", str(self.port)]
+        return [executable, *address, "--storage-path", self.storage_path]
+
+
+@dataclass
+class RedisServer(ExternalServer):
+    """Our own redis-server, never a system instance."""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        options = {"--port": str(self.port), "--bind": "127.0.0.1", "--save": ""}
+        return [binary("redis-server"), *sum(options.items(), ()), "--appendonly", "no"]
+
+
+# -- python -m server -----------------------------------------------------------------------------
+
+
+@dataclass
+class AppProcess:
+    """``python -m server`` in a clean environment, logging to a file."""
+
+    env: dict[str, str]
+    log_path: Path
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> AppProcess:
+        env = clean_env(**self.env, PORT=str(self.port), HOST="127.0.0.1")
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
+            )
+        wait_for_port(self.port)
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        body: Any = None
+        while time.monotonic() < deadline:
+            try:
+                status, body = self.readiness()
+                if status == 200:
+                    return dict(body)
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.url} not ready after {timeout}s: {body}\n{self.log()}")
+
+    def readiness(self) -> tuple[int, Any]:
+        result: tuple[int, Any] = http_json(self.url + "/readyz")
+        return result
+
+    def connections(self) -> int:
+        return int(http_json(self.url + "/healthz")[1]["connections"])
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# -- nginx, from deploy/nginx.conf ----------------------------------------------------------------
+
+
+def render_nginx_conf(upstreams: list[str], listen: str) -> str:
+    """deploy/nginx.conf with only the upstream servers and the listen address replaced."""
+    source = (ROOT / "deploy" / "nginx.conf").read_text()
+    server_lines = re.findall(r"^(\s*)server app\d+:8080( [^;]*)?;$", source, flags=re.M)
+    assert server_lines, "deploy/nginx.conf has no 'server appN:8080' upstream lines"
+    indent, params = server_lines[0]
+    rendered_servers = "\n".join(f"{indent}server {u}{params};" for u in upstreams)
+    source = re.sub(
+        r"(^\s*server app\d+:8080( [^;]*)?;\n)+", rendered_servers + "\n", source, flags=re.M
+    )
+    rendered, count = re.subn(r"listen 80;", f"listen {listen};", source)
+    assert count == 1
+    return rendered
+
+
+def nginx_binary() -> str:
+    return binary("nginx", "/usr/sbin")
+
+
+@dataclass
+class Nginx(ExternalServer):
+    upstreams: list[str] = field(default_factory=list)
+    workdir: Path = Path(".")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        conf = self.workdir / "nginx.conf"
+        return [nginx_binary(), "-p", str(self.workdir), "-c", str(conf), "-e", "stderr"]
+
+    def start(self) -> Nginx:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "nginx.conf"
+        conf.write_text(render_nginx_conf(self.upstreams, f"127.0.0.1:{self.port}"))
+        check = subprocess.run([*self.command(), "-t"], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        with (self.workdir / "nginx.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                [*self.command(), "-g", f"daemon off; pid {self.workdir / 'nginx.pid'};"],
+                stdout=log,
+                stderr=log,
+            )
+        wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        self.terminate()

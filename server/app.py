@@ -8,6 +8,9 @@ assistant); ``create_app`` mounts them on aiohttp. Every component with a lifecy
 from __future__ import annotations
 
 import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +20,9 @@ from aiohttp import web
 from .ai.fallback import FallbackAssistant
 from .ai.offline import OfflineAssistant
 from .ai.openai_provider import OpenAIModel, make_client
+from .broker import Broker
+from .broker.memory import MemoryBroker
+from .broker.redis import RedisBroker
 from .config import ConfigError, Settings
 from .coordination import Coordination, in_memory, on_redis
 from .coordination.redis_support import RedisHandle
@@ -30,10 +36,8 @@ from .storage.memory import MemoryStore
 from .transport.auth import Authenticator
 from .transport.net import parse_networks
 from .transport.rest import Routes, cors_middleware
-from .transport.socketio.fanout import LeanManager
-from .transport.socketio.namespace import NAMESPACE, ChatNamespace
-from .transport.socketio.redis_manager import ClusterRedisManager
-from .transport.socketio.rooms import SocketIORooms
+from .transport.rooms import RoomHub
+from .transport.socketio.namespace import ChatNamespace
 from .transport.socketio.server import close_sockets, create_server
 
 log = logging.getLogger("server")
@@ -59,6 +63,7 @@ class Components:
     assistant: Assistant
     coordination: Coordination
     authenticator: Authenticator
+    hub: RoomHub
     sio: socketio.AsyncServer
     replies: ReplyService
     consultations: ConsultationService
@@ -89,9 +94,9 @@ def build(
     assistant = assistant or _assistant(settings)
     redis = _redis(settings)
     coordination = on_redis(redis) if redis is not None else in_memory()
-    manager = _client_manager(settings)
-    sio = create_server(settings, manager)
-    rooms = SocketIORooms(sio, NAMESPACE)
+    hub = RoomHub(_broker(settings), settings.instance_id or _instance_id())
+    rooms = hub
+    sio = create_server(settings)
     replies = ReplyService(
         store,
         assistant,
@@ -128,29 +133,36 @@ def build(
             max_per_user=settings.max_connections_per_user,
         ),
     )
+    hub.set_gap_filler(consultations.missed)
     auth = authenticator(settings)
     connections = ConnectionService(auth, admission, consultations, rooms)
-    sio.register_namespace(ChatNamespace(connections, parse_networks(settings.trusted_proxies)))
+    sio.register_namespace(
+        ChatNamespace(connections, hub, parse_networks(settings.trusted_proxies))
+    )
 
     components = Components(
-        settings, store, assistant, coordination, auth, sio, replies, consultations, connections
+        settings,
+        store,
+        assistant,
+        coordination,
+        auth,
+        hub,
+        sio,
+        replies,
+        consultations,
+        connections,
     )
     components.probes["storage"] = lambda: _check(store.ping())
     components.resources.append(Resource("store", store.start, store.close))
     if redis is not None:
         components.probes["coordination"] = lambda: _check(redis.ping())
         components.resources.append(Resource("redis", _nothing, redis.close))
-    if isinstance(manager, ClusterRedisManager):
-        redis_manager = manager
 
         async def fanout_state() -> str:
-            return redis_manager.fanout_state()
-
-        async def start_manager() -> None:
-            redis_manager.start()
+            return hub.state()
 
         components.probes["fanout"] = fanout_state
-        components.resources.append(Resource("fan-out", start_manager, manager.stop))
+    components.resources.append(Resource("fan-out", hub.start, hub.stop))
 
     async def start_connections() -> None:
         connections.start()
@@ -218,7 +230,8 @@ def describe_mode(settings: Settings) -> list[tuple[int, str]]:
             )
         )
     if settings.redis_url:
-        lines.append((logging.INFO, "fan-out and coordination: Redis"))
+        mode = "Redis Cluster, sharded pub/sub" if settings.redis_mode == "cluster" else "Redis"
+        lines.append((logging.INFO, f"fan-out and coordination: {mode}, routed per room"))
     elif settings.mongodb_url:
         lines.append(
             (
@@ -278,13 +291,26 @@ def _moderation(settings: Settings) -> Moderation:
 def _redis(settings: Settings) -> RedisHandle | None:
     if not settings.redis_url:
         return None
-    return RedisHandle(settings.redis_url, prefix=settings.redis_prefix)
+    return RedisHandle(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        cluster=settings.redis_mode == "cluster",
+    )
 
 
-def _client_manager(settings: Settings) -> LeanManager | ClusterRedisManager:
+def _broker(settings: Settings) -> Broker:
     if not settings.redis_url:
-        return LeanManager()
-    return ClusterRedisManager(settings.redis_url, channel=settings.redis_prefix)
+        return MemoryBroker()
+    return RedisBroker(
+        settings.redis_url,
+        prefix=settings.redis_prefix,
+        cluster=settings.redis_mode == "cluster",
+    )
+
+
+def _instance_id() -> str:
+    """Unique among running instances: connection ids and status reports carry it."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _store(settings: Settings) -> Store:

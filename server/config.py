@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AliasGenerator, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticUseDefault
@@ -47,11 +47,13 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0)] = 8080
+    instance_id: str | None = None
     mongodb_url: str | None = Field(default=None, repr=False)
     mongodb_db: str = "consultations"
     mongodb_timeout_seconds: Seconds = 5.0
     redis_url: str | None = Field(default=None, repr=False)
     redis_prefix: str = "consultations"
+    redis_mode: Literal["single", "cluster"] = "single"
     jwt_secret: str | None = Field(default=None, repr=False)
     jwt_algorithms: Items = ("HS256",)
     jwt_audience: str | None = None

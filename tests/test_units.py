@@ -3,6 +3,7 @@ rate limiter's warning, the fallback chain, the error hierarchy, the event catal
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from server.errors import (
 )
 from server.transport.auth import Authenticator
 from server.transport.net import client_address, parse_networks
-from server.transport.socketio.fanout import encode_event
+from server.transport.rooms import Frame, text_frame
 from tests.conftest import JWT_SECRET, ROOT
 
 # -- settings -------------------------------------------------------------------------------------
@@ -354,19 +355,24 @@ def test_every_catalogue_handler_exists() -> None:
 
 
 @pytest.mark.parametrize(
-    ("namespace", "data"),
+    "data",
     [
-        ("/chat", ["userMessage", {"seq": 1, "content": 'é ü \u2028 "q"', "userId": None}]),
-        ("/chat", ["aiChunk", {"parts": [1, 2.5, True, [], {}]}]),
-        ("/", ["ping"]),
+        {"seq": 1, "content": 'é ü \u2028 "q" </script>', "userId": None},
+        {"parts": [1, 2.5, True, [], {}]},
     ],
 )
-def test_broadcast_encoding_matches_python_socketio(namespace: str, data: list[object]) -> None:
+def test_a_frame_encodes_as_python_socketio_and_as_plain_json(data: dict[str, object]) -> None:
     server = socketio.AsyncServer()
-    stock = server.packet_class(sio_packet.EVENT, namespace=namespace, data=data).encode()
-    assert encode_event(server.packet_class, namespace, data) == stock
+    stock = server.packet_class(sio_packet.EVENT, namespace="/chat", data=["ev", data]).encode()
+    frame = Frame("ev", json.dumps(data, separators=(",", ":")))
+    assert frame.socketio_text("/chat") == stock
+    assert json.loads(frame.raw_text()) == {"event": "ev", "data": data}
+    ws = frame.raw_ws()
+    assert ws[0] == 0x81 and ws.endswith(frame.raw_text().encode())
 
 
-def test_binary_broadcasts_are_left_to_python_socketio() -> None:
-    packet_class = socketio.AsyncServer().packet_class
-    assert encode_event(packet_class, "/chat", ["file", {"blob": b"\x00\x01"}]) is None
+@pytest.mark.parametrize("size", [10, 200, 70_000])
+def test_text_frames_carry_their_length(size: int) -> None:
+    encoded = text_frame(b"x" * size)
+    header = len(encoded) - size
+    assert header == {10: 2, 200: 4, 70_000: 10}[size]

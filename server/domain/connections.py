@@ -67,9 +67,8 @@ class ConnectionService:
             timer.cancel()
         if session is None:
             return
-        for consultation in list(session.joined.values()):
-            with contextlib.suppress(Exception):
-                await self.rooms.leave(connection_id, consultation.key.room)
+        with contextlib.suppress(Exception):
+            await self.rooms.leave_all(connection_id)
         try:
             await self._admission.release(session.identity, connection_id)
         except AppError as exc:  # the registry entry expires by itself

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import Forbidden, InvalidPayload, NotFound
-from .events import UserMessage
+from .events import ServerEvent, UserMessage, message_event
 from .models import Author, Consultation, ConsultationKey, Identity, Message
 from .policies import Moderation, RateLimiter
 from .ports import Partial, Rooms, Store
@@ -70,7 +70,18 @@ class ConsultationService:
         )
         if streaming is not None and any(m.id == streaming.message_id for m in messages):
             streaming = None
+        if messages:
+            self._rooms.sync(key.room, messages[-1].seq)
         return Joined(consultation, messages, streaming)
+
+    async def missed(self, room: str, after_seq: int) -> list[ServerEvent]:
+        """The stored messages of a consultation's room after ``after_seq``, as the events that
+        broadcast them (for the room hub, when some never arrived)."""
+        key = ConsultationKey.from_room(room)
+        if key is None:
+            return []
+        messages = await self._store.after(key, after_seq, self.limits.max_history_page_size)
+        return [message_event(m) for m in messages]
 
     async def leave(self, connection_id: str, key: ConsultationKey) -> None:
         await self._rooms.leave(connection_id, key.room)

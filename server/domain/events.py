@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from pydantic.alias_generators import to_camel
 
 from ..errors import InvalidPayload
-from .models import Message
+from .models import Author, Message
 
 # -- client payloads -----------------------------------------------------------------------------
 
@@ -172,6 +172,15 @@ class UserMessage(MessageEvent):
 class AiMessage(MessageEvent):
     name = "aiMessage"
     summary = "The stored reply, after its last aiChunk; id equals the chunks' messageId"
+
+
+def message_event(message: Message) -> MessageEvent:
+    """The event that broadcasts a stored message."""
+    return (
+        AiMessage(message=message)
+        if message.role is Author.ASSISTANT
+        else UserMessage(message=message)
+    )
 
 
 class AiThinking(ServerEvent):

@@ -78,6 +78,20 @@ class ConsultationKey:
         # Length-prefixed so that no tenant/id pair can collide with another one.
         return f"c:{len(self.tenant_id)}:{self.tenant_id}:{self.consultation_id}"
 
+    @classmethod
+    def from_room(cls, room: str) -> ConsultationKey | None:
+        """The key whose ``room`` this is, or None for another kind of room."""
+        kind, _, rest = room.partition(":")
+        length, _, rest = rest.partition(":")
+        if kind != "c" or not length.isdigit() or len(rest) <= int(length):
+            return None
+        tenant, separator, consultation = (
+            rest[: int(length)],
+            rest[int(length)],
+            rest[int(length) + 1 :],
+        )
+        return cls(tenant, consultation) if separator == ":" else None
+
 
 def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a ``Z``, as JavaScript's ``Date`` prints it."""

@@ -220,6 +220,15 @@ class Rooms(Protocol):
 
     async def leave(self, connection_id: str, room: str) -> None: ...
 
+    async def leave_all(self, connection_id: str) -> None:
+        """The connection is gone: leave every room it was in."""
+        ...
+
+    def sync(self, room: str, head_seq: int) -> None:
+        """The store holds the room's messages up to ``head_seq`` (as a join just read it):
+        members of this instance that lack some of them receive them."""
+        ...
+
     async def to_room(self, room: str, event: ServerEvent, *, skip: str | None = None) -> None:
         """Deliver to every member of ``room`` on every instance, except ``skip``."""
         ...

@@ -1,5 +1,8 @@
 """Namespace ``/chat``: connect through the connection policy, hand every event to the
-session's ``dispatch``, answer its ack. No chat logic lives here."""
+session's ``dispatch``, answer its ack. No chat logic lives here.
+
+Connection ids are ``<sid>@<instance>``, so that any instance can route to them.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,12 @@ from typing import Any
 import socketio
 
 from ...domain.connections import ConnectionService
-from ...domain.events import CATALOGUE, ErrorAck
+from ...domain.events import ErrorAck
 from ...errors import AppError, InvalidPayload, Unauthorized
 from ..auth import token_from_handshake
 from ..net import Network, handshake_address
+from ..rooms import RoomHub
+from .members import SocketIOMember
 from .server import close_sockets
 
 log = logging.getLogger(__name__)
@@ -23,51 +28,62 @@ NAMESPACE = "/chat"
 
 class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def __init__(
-        self, connections: ConnectionService, trusted_proxies: Sequence[Network] = ()
+        self,
+        connections: ConnectionService,
+        hub: RoomHub,
+        trusted_proxies: Sequence[Network] = (),
     ) -> None:
         super().__init__(NAMESPACE)
         self._connections = connections
+        self._hub = hub
         self._proxies = tuple(trusted_proxies)
 
-    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        async def close() -> None:
-            eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
-            if eio_sid is not None:
-                # A transport close: socket.io-client reconnects after it, not after a
-                # Socket.IO "server disconnect".
-                await close_sockets(self.server, [eio_sid])
+    def connection_id(self, sid: str) -> str:
+        return f"{sid}@{self._hub.instance_id}"
 
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
+
+        async def close() -> None:
+            # A transport close: socket.io-client reconnects after it, not after a Socket.IO
+            # "server disconnect".
+            await close_sockets(self.server, [eio_sid])
+
+        cid = self.connection_id(sid)
+        self._hub.attach(SocketIOMember(cid, eio_sid, self.server.eio.sockets, NAMESPACE))
         try:
-            session = await self._connections.open(token_from_handshake(environ, auth), sid, close)
+            session = await self._connections.open(token_from_handshake(environ, auth), cid, close)
         except AppError as exc:
+            await self._hub.detach(cid)
             # Two arguments: socket.io-client then sees err.message and err.data.code.
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_wire()) from None
         identity = session.identity
         log.info(
             "connected %s as %s/%s from %s",
-            sid,
+            cid,
             identity.tenant_id,
             identity.user_id,
             handshake_address(environ, self._proxies),
         )
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
-        await self._connections.close(sid)
+        cid = self.connection_id(sid)
+        await self._connections.close(cid)
+        await self._hub.detach(cid)
 
     async def trigger_event(self, event: Any, *args: Any) -> Any:
         sid = args[0] if args else None
         if self._is_lifecycle(event, sid):
             return await super().trigger_event(event, *args)
-        session = self._connections.session(sid) if isinstance(sid, str) else None
+        session = self._connections.session(self.connection_id(str(sid)))
         if session is None:
-            return ErrorAck(
-                error=Unauthorized("This connection has no session").to_wire()
-            ).to_wire()
+            error = Unauthorized("This connection has no session")
+            return ErrorAck(error=error.to_wire()).to_wire()
         data = args[1:]
         if len(data) > 1:
-            error = InvalidPayload("expected one payload object")
-            await session.fail(error)
-            return ErrorAck(error=error.to_wire()).to_wire()
+            invalid = InvalidPayload("expected one payload object")
+            await session.fail(invalid)
+            return ErrorAck(error=invalid.to_wire()).to_wire()
         # Unknown events, and reserved names sent as events by a client, are answered by
         # dispatch with unknown_event instead of silence (or a second handshake).
         name = event if isinstance(event, str) else repr(event)
@@ -75,11 +91,8 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     def _is_lifecycle(self, event: Any, sid: Any) -> bool:
         if event == "connect":
-            return self._connections.session(sid) is None
+            return self._connections.session(self.connection_id(str(sid))) is None
         if event == "disconnect":
             # During a real disconnect python-socketio has already marked the sid as leaving.
             return not self.server.manager.is_connected(sid, NAMESPACE)
         return False
-
-
-CLIENT_EVENTS = CATALOGUE.client_names

@@ -141,7 +141,7 @@ def websocket_class(compression: bool) -> type[DriverWebSocket]:
             await self._sock.prepare(request)
             owner = getattr(self.handler, "__self__", None)
             if isinstance(owner, LeanSocket) and not compression:
-                # Broadcasts may now write this socket's frames directly (fanout.py).
+                # Broadcasts may now write this socket's frames directly (members.py).
                 owner.websocket, owner.transport = self._sock, request.transport
             self.environ = environ
             await self.handler(self)
@@ -156,10 +156,9 @@ def websocket_class(compression: bool) -> type[DriverWebSocket]:
     return TunedWebSocket
 
 
-def create_server(settings: Settings, client_manager: Any = None) -> ChatServer:
+def create_server(settings: Settings) -> ChatServer:
     server = ChatServer(
         async_mode="aiohttp",
-        client_manager=client_manager,
         cors_allowed_origins=settings.allowed_origins,
         # Events of one socket run in the order they were sent (a send emitted right after a
         # join must find the join done); AI replies run as their own tasks, so nothing slow

@@ -11,8 +11,10 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import socketio
 from aiohttp import web
@@ -71,8 +73,34 @@ class Components:
     resources: list[Resource] = field(default_factory=list)
     probes: dict[str, Probe] = field(default_factory=dict)
 
+    started_at: float = field(default_factory=time.monotonic)
+
     async def readiness(self) -> dict[str, str]:
         return {name: await probe() for name, probe in self.probes.items()}
+
+    async def status(self) -> dict[str, Any]:
+        """``GET /ws/status``: what this instance carries now, and since it started."""
+        broker = self.hub.broker
+        return {
+            "instance": self.hub.instance_id,
+            "uptime": round(time.monotonic() - self.started_at, 1),
+            "total_connections": self.connections.opened_total,
+            "active_connections": self.connections.count,
+            "max_connections": self.settings.max_connections,
+            "total_messages": self.consultations.stored_total,
+            "consultations_active": sum(1 for r in self.hub.rooms() if r.startswith("c:")),
+            "ai_replies_in_flight": len(self.replies.streaming_now),
+            "fanout": {
+                "mode": "redis" if broker.distributed else "local",
+                "subscriptions": len(broker.subscriptions()),
+                "messages_received": broker.stats.messages_received,
+                "bytes_received": broker.stats.bytes_received,
+                "messages_published": broker.stats.messages_published,
+                "publish_failures": broker.stats.publish_failures,
+                "reconnects": broker.stats.reconnects,
+                "gaps_filled": self.hub.gaps_filled,
+            },
+        }
 
 
 COMPONENTS = web.AppKey("components", Components)
@@ -185,6 +213,8 @@ def create_app(
         components.readiness,
         settings.socketio_client_url,
         connections=lambda: components.connections.count,
+        status=components.status,
+        status_public=settings.status_is_public,
     ).install(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     moderation_blocklist_file: str | None = None
     history_page_size: Count = 50
     socketio_client_url: str = DEFAULT_SOCKETIO_CLIENT_URL
+    status_public: bool | None = None
     ping_interval: Seconds = 25.0
     ping_timeout: Seconds = 20.0
     max_http_buffer_size: Annotated[int, Field(ge=1024)] = 1_000_000
@@ -124,6 +125,11 @@ class Settings(BaseSettings):
     @property
     def dev_auth(self) -> bool:
         return not self.jwt_secret
+
+    @property
+    def status_is_public(self) -> bool:
+        """``/ws/status`` without a token: by default only in dev auth."""
+        return self.dev_auth if self.status_public is None else self.status_public
 
     @property
     def allowed_origins(self) -> list[str] | str | None:

@@ -38,6 +38,8 @@ from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.crc import key_slot
 from redis.exceptions import RedisError, ResponseError
@@ -165,7 +167,7 @@ class RedisBroker:
             for shard in list(self._shards.values()):
                 shard.ping()
                 if shard.connected and shard.pong_age() > self._ping_interval * 3 + 1:
-                    log.warning("no pub/sub round trip through %s: reconnecting", shard.name)
+                    self.warn("no pub/sub round trip through %s: reconnecting", shard.name)
                     shard.reconnect()
 
     # -- shards and topology --------------------------------------------------------------------
@@ -264,6 +266,9 @@ class RedisBroker:
             # the self-ping, not a read timeout.
             socket_timeout=None if listener else self._timeout,
             health_check_interval=0,
+            # No silent reconnection inside redis-py: a lost connection must reach our loop,
+            # which resubscribes and tells the hub to look for what passed meanwhile.
+            retry=Retry(NoBackoff(), 0),
             **options,
         )
         return client

@@ -39,6 +39,7 @@ class ConnectionService:
         self._expiry: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
+        self.opened_total = 0  # connections admitted since this instance started
 
     @property
     def count(self) -> int:
@@ -55,6 +56,7 @@ class ConnectionService:
         session = ChatSession(identity, connection_id, self._consultations, self)
         self._sessions[connection_id] = session
         self._closers[connection_id] = close
+        self.opened_total += 1
         self._schedule_expiry(session)
         return session
 

@@ -48,6 +48,7 @@ class ConsultationService:
         self._replies = replies
         self._rooms = rooms
         self.limits = limits
+        self.stored_total = 0  # user messages this instance stored since it started
 
     async def join(
         self, identity: Identity, connection_id: str, consultation_id: str, last_seq: int | None
@@ -127,6 +128,7 @@ class ConsultationService:
             )
         )
         if appended.created:
+            self.stored_total += 1
             # Stored first, broadcast second: a message that failed to store is never
             # broadcast. A retried clientMessageId returns the original, broadcast once and
             # answered once.

@@ -115,6 +115,7 @@ class ReplyService:
         self._stops = coordination.stops
         self._settings = settings
         self._tasks: set[asyncio.Task[None]] = set()
+        self.streaming_now: set[str] = set()  # rooms whose reply streams on this instance
 
     @property
     def _buffer_ttl(self) -> float:
@@ -185,9 +186,11 @@ class ReplyService:
     async def _reply_once(self, key: ConsultationKey, lock: Lock) -> None:
         cid = key.consultation_id
         await self._rooms.to_room(key.room, AiThinking(consultation_id=cid, status="processing"))
+        self.streaming_now.add(key.room)
         try:
             await self._stream_and_store(key, lock)
         finally:
+            self.streaming_now.discard(key.room)
             await self._safe_emit(key, AiThinking(consultation_id=cid, status="done"))
 
     async def _stream_and_store(self, key: ConsultationKey, lock: Lock) -> None:

@@ -11,13 +11,15 @@ from typing import Any
 from aiohttp import web
 
 from ..domain.consultations import ConsultationService
+from ..domain.models import Role
 from ..domain.ports import TokenVerifier
-from ..errors import AppError, InvalidPayload
+from ..errors import AppError, Forbidden, InvalidPayload
 from .auth import bearer_token
 
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[dict[str, str]]]
+Status = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def error_response(error: AppError) -> web.Response:
@@ -33,8 +35,12 @@ class Routes:
         socketio_client_url: str,
         *,
         connections: Callable[[], int] = lambda: 0,
+        status: Status | None = None,
+        status_public: bool = False,
     ) -> None:
         self._connections = connections
+        self._status = status
+        self._status_public = status_public
         self._service = service
         self._auth = verifier
         self._readiness = readiness
@@ -46,6 +52,7 @@ class Routes:
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/api/consultations/{consultation_id}/messages", self.messages)
+        app.router.add_get("/ws/status", self.status)
 
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(text=self._page, content_type="text/html")
@@ -60,6 +67,18 @@ class Routes:
             {"status": "ready" if ready else "unavailable", "checks": checks},
             status=200 if ready else 503,
         )
+
+    async def status(self, request: web.Request) -> web.Response:
+        """This instance's figures (and the cluster's): admins only, unless public."""
+        try:
+            if not self._status_public:
+                identity = self._auth.identify(bearer_token(request.headers.get("Authorization")))
+                if identity.role is not Role.ADMIN:
+                    raise Forbidden("The status is for admins")
+        except AppError as exc:
+            return error_response(exc)
+        body = await self._status() if self._status is not None else {}
+        return web.json_response(body)
 
     async def messages(self, request: web.Request) -> web.Response:
         try:

@@ -133,6 +133,7 @@ class RoomHub:
         hold_seconds: float = HOLD_SECONDS,
     ) -> None:
         self._broker = broker
+        self.broker = broker
         self.instance_id = instance_id
         self._fill = gap_filler
         self._hold = hold_seconds

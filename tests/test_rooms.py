@@ -1,0 +1,196 @@
+"""The room hub, with two instances on a memory bus: routing, per-room seq order, gap filling.
+
+Members here record frames (the transports' members are tested end to end); the store is a
+dict of the events a consultation has stored, which the gap filler reads as the real one does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+
+from server.broker.memory import MemoryBroker, MemoryBus
+from server.domain.events import AiChunk, ServerEvent, UserMessage
+from server.domain.models import Author, ConsultationKey, Message
+from server.transport.rooms import Frame, RoomHub
+from tests.helpers import eventually
+
+KEY = ConsultationKey("t", "c")
+ROOM = KEY.room
+
+
+@dataclass
+class Recorder:
+    id: str
+    frames: list[Frame] = field(default_factory=list)
+
+    def deliver(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    def seqs(self) -> list[int]:
+        return [json.loads(f.data_json)["seq"] for f in self.frames if f.event == "userMessage"]
+
+    def names(self) -> list[str]:
+        return [f.event for f in self.frames]
+
+
+@dataclass
+class Store:
+    """What the consultation has stored: the gap filler reads it."""
+
+    events: dict[int, ServerEvent] = field(default_factory=dict)
+    reads: int = 0
+
+    async def after(self, room: str, after_seq: int) -> list[ServerEvent]:
+        self.reads += 1
+        return [self.events[seq] for seq in sorted(self.events) if seq > after_seq]
+
+
+def message(seq: int, text: str = "") -> UserMessage:
+    stored = Message.new(KEY, Author.USER, text or f"m{seq}", user_id="u").model_copy(
+        update={"seq": seq}
+    )
+    return UserMessage(message=stored)
+
+
+def chunk(index: int) -> AiChunk:
+    return AiChunk(consultation_id="c", message_id="r", index=index, content="x", is_complete=False)
+
+
+async def instances(store: Store, hold: float = 0.05) -> tuple[RoomHub, RoomHub]:
+    bus = MemoryBus()
+    hubs = []
+    for name in ("a", "b"):
+        hub = RoomHub(MemoryBroker(bus), name, gap_filler=store.after, hold_seconds=hold)
+        await hub.start()
+        hubs.append(hub)
+    return hubs[0], hubs[1]
+
+
+async def member_of(hub: RoomHub, name: str, room: str = ROOM) -> Recorder:
+    recorder = Recorder(f"{name}@{hub.instance_id}")
+    hub.attach(recorder)
+    await hub.join(recorder.id, room)
+    return recorder
+
+
+async def test_a_room_reaches_members_on_both_instances_except_the_skipped_one() -> None:
+    a, b = await instances(Store())
+    sender, neighbour = await member_of(a, "sender"), await member_of(a, "neighbour")
+    remote = await member_of(b, "remote")
+    await a.to_room(ROOM, message(1), skip=sender.id)
+    await eventually(lambda: remote.seqs() == [1])
+    assert neighbour.seqs() == [1] and sender.seqs() == []
+
+
+async def test_an_instance_without_members_receives_nothing_of_the_room() -> None:
+    a, b = await instances(Store())
+    await member_of(a, "only-on-a")
+    await member_of(b, "elsewhere", room="another-room")
+    received = b._broker.stats.messages_received
+    await a.to_room(ROOM, message(1))
+    await a.to_room("another-room", chunk(0))  # a marker b does receive
+    await eventually(lambda: b._broker.stats.messages_received == received + 1)
+    assert ROOM not in b.rooms()
+
+
+async def test_leaving_the_last_member_unsubscribes_and_joining_again_resubscribes() -> None:
+    a, b = await instances(Store())
+    first = await member_of(b, "first")
+    channel = b._broker.room_channel(ROOM)
+    assert channel in b._broker.subscriptions()
+    await b.leave(first.id, ROOM)
+    assert channel not in b._broker.subscriptions()
+    again = await member_of(b, "again")
+    await a.to_room(ROOM, message(1))
+    await eventually(lambda: again.seqs() == [1])
+    assert first.seqs() == []
+
+
+async def test_a_message_ahead_of_a_missing_one_waits_for_it() -> None:
+    a, b = await instances(Store(), hold=5)
+    remote = await member_of(b, "remote")
+    await a.to_room(ROOM, message(1))
+    await eventually(lambda: remote.seqs() == [1])
+    await a.to_room(ROOM, message(3))  # stored after 2, whose broadcast is late
+    await a.to_room(ROOM, chunk(0))  # held behind 3: a reply's events keep their order
+    await a.to_room(ROOM, message(2))
+    await eventually(lambda: len(remote.frames) == 4)
+    assert remote.seqs() == [1, 2, 3]
+    assert remote.names()[-1] == "aiChunk"
+
+
+async def test_a_message_that_never_arrives_is_read_from_the_store() -> None:
+    store = Store()
+    a, b = await instances(store)
+    remote = await member_of(b, "remote")
+    for seq in (1, 2, 3):
+        store.events[seq] = message(seq)
+    await a.to_room(ROOM, message(1))
+    # 2 was stored but its broadcast was lost (a failed publish, an instance that died).
+    await a.to_room(ROOM, message(3))
+    await eventually(lambda: remote.seqs() == [1, 2, 3])
+    assert b.gaps_filled == 1
+    await a.to_room(ROOM, message(3))  # a duplicate (a re-sent outbox): dropped
+    await a.to_room(ROOM, chunk(0))
+    await eventually(lambda: remote.names()[-1] == "aiChunk")
+    assert remote.seqs() == [1, 2, 3]
+
+
+async def test_a_join_that_reads_newer_history_brings_existing_members_up_to_date() -> None:
+    store = Store()
+    a, b = await instances(store)
+    remote = await member_of(b, "remote")
+    store.events[1] = message(1)
+    await a.to_room(ROOM, message(1))
+    await eventually(lambda: remote.seqs() == [1])
+    store.events[2] = message(2)  # stored, never broadcast here
+    b.sync(ROOM, 2)  # a join on b just read history up to 2
+    await eventually(lambda: remote.seqs() == [1, 2])
+
+
+async def test_resync_after_an_outage_delivers_what_was_stored_meanwhile() -> None:
+    store = Store()
+    a, b = await instances(store)
+    remote = await member_of(b, "remote")
+    store.events[1] = message(1)
+    await a.to_room(ROOM, message(1))
+    await eventually(lambda: remote.seqs() == [1])
+    for seq in (2, 3, 4):  # published while b was cut off: never arrived
+        store.events[seq] = message(seq)
+    await b.resync()
+    assert remote.seqs() == [1, 2, 3, 4]
+    await a.to_room(ROOM, message(4))  # the outbox, sent late: nothing twice
+    await a.to_room(ROOM, message(5))
+    await eventually(lambda: remote.seqs() == [1, 2, 3, 4, 5])
+
+
+async def test_a_message_to_a_connection_on_another_instance_is_routed_there() -> None:
+    a, b = await instances(Store())
+    remote = Recorder("conn@b")
+    b.attach(remote)
+    await a.to_connection(remote.id, chunk(7))
+    await eventually(lambda: remote.names() == ["aiChunk"])
+
+
+class SlowSubscriptions(MemoryBroker):
+    """A broker whose subscriptions take a while to be in place (a busy Redis)."""
+
+    async def subscribe(self, channel: str) -> None:
+        await asyncio.sleep(0.2)
+        await super().subscribe(channel)
+
+
+async def test_join_returns_only_once_the_room_subscription_is_in_place() -> None:
+    bus = MemoryBus()
+    a = RoomHub(MemoryBroker(bus), "a")
+    b = RoomHub(SlowSubscriptions(bus), "b")
+    for hub in (a, b):
+        await hub.start()
+    first, second = Recorder("first@b"), Recorder("second@b")
+    b.attach(first)
+    b.attach(second)
+    await asyncio.gather(b.join(first.id, ROOM), b.join(second.id, ROOM))  # one subscription
+    await a.to_room(ROOM, chunk(0))  # right after the joins returned
+    await eventually(lambda: first.names() == ["aiChunk"] and second.names() == ["aiChunk"])

@@ -21,7 +21,15 @@ from server.domain.ports import Store
 from server.storage.mongo import MongoStore
 from tests.fakes.openai_server import FakeOpenAI
 from tests.helpers import ChatClient
-from tests.servers import ROOT, AppProcess, MongoServer, Nginx, RedisServer, serve
+from tests.servers import (
+    ROOT,
+    AppProcess,
+    MongoServer,
+    Nginx,
+    RedisCluster,
+    RedisServer,
+    serve,
+)
 
 __all__ = ["JWT_SECRET", "ROOT", "MongoServer", "RedisServer"]
 
@@ -59,6 +67,14 @@ def redis_server() -> Iterator[RedisServer]:
     assert isinstance(server, RedisServer)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real three-master Redis Cluster on loopback."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    yield cluster
+    cluster.stop()
 
 
 # -- the fake LLM API -----------------------------------------------------------------------------

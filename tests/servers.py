@@ -272,3 +272,112 @@ class Nginx(ExternalServer):
 
     def stop(self) -> None:
         self.terminate()
+
+
+# -- a Redis Cluster (three masters, no replicas) -------------------------------------------------
+
+
+@dataclass
+class RedisClusterNode(ExternalServer):
+    bus_port: int = field(default_factory=free_port)
+    workdir: Path = Path(".")
+
+    def command(self) -> list[str]:
+        options = {
+            "--port": str(self.port),
+            "--bind": "127.0.0.1",
+            "--cluster-enabled": "yes",
+            "--cluster-port": str(self.bus_port),
+            "--cluster-config-file": str(self.workdir / f"nodes-{self.port}.conf"),
+            "--cluster-node-timeout": "2000",
+            "--save": "",
+            "--appendonly": "no",
+            "--dir": str(self.workdir),
+        }
+        return [binary("redis-server"), *sum(options.items(), ())]
+
+    def cli(self, *args: str) -> str:
+        result = subprocess.run(
+            [binary("redis-cli"), "-p", str(self.port), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return result.stdout.strip()
+
+    @property
+    def node_id(self) -> str:
+        return self.cli("cluster", "myid")
+
+
+@dataclass
+class RedisCluster:
+    """Three masters on loopback, created with ``redis-cli --cluster create``."""
+
+    workdir: Path
+    nodes: list[RedisClusterNode] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def start(self, masters: int = 3) -> RedisCluster:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.nodes = [RedisClusterNode(workdir=self.workdir) for _ in range(masters)]
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        create = ["--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+        subprocess.run(
+            [binary("redis-cli"), *create],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        self.wait_consistent()
+        return self
+
+    def wait_consistent(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            infos = [node.cli("cluster", "info") for node in self.nodes]
+            if all("cluster_state:ok" in info for info in infos):
+                slots = {node.cli("cluster", "slots") for node in self.nodes}
+                if len(slots) == 1:  # every node sees the same slot map
+                    return
+            time.sleep(0.2)
+        raise TimeoutError("the Redis Cluster did not become consistent")
+
+    def owner_of(self, slot: int) -> RedisClusterNode:
+        for node in self.nodes:
+            for line in node.cli("cluster", "nodes").splitlines():
+                fields = line.split()
+                if "myself" not in fields[2]:
+                    continue
+                for span in fields[8:]:
+                    low, _, high = span.partition("-")
+                    if low.isdigit() and int(low) <= slot <= int(high or low):
+                        return node
+        raise LookupError(f"no node owns slot {slot}")
+
+    def move_slot(self, slot: int, to: RedisClusterNode) -> None:
+        """Move one slot (and its keys) to another master, as a resharding does."""
+        source = self.owner_of(slot)
+        if source is to:
+            return
+        to.cli("cluster", "setslot", str(slot), "importing", source.node_id)
+        source.cli("cluster", "setslot", str(slot), "migrating", to.node_id)
+        while keys := source.cli("cluster", "getkeysinslot", str(slot), "100").split():
+            source.cli("migrate", "127.0.0.1", str(to.port), "", "0", "5000", "keys", *keys)
+        for node in self.nodes:
+            node.cli("cluster", "setslot", str(slot), "node", to.node_id)
+        self.wait_consistent()
+
+    def shard_channels(self, node: RedisClusterNode, pattern: str = "*") -> list[str]:
+        return node.cli("pubsub", "shardchannels", pattern).split()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

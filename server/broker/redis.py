@@ -42,7 +42,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AskError, ClusterError, RedisError
 
 from . import BrokerStats, Deliver, Resync
 
@@ -93,7 +93,7 @@ class RedisBroker:
         return f"{self._prefix}:room:{{{room}}}"
 
     def instance_channel(self, instance_id: str) -> str:
-        return f"{self._prefix}:instance:{{{instance_id}}}"
+        return f"{self._prefix}:instance:{{{_untagged(instance_id)}}}"
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -109,9 +109,14 @@ class RedisBroker:
                 await self._cluster.initialize()
             except (RedisError, OSError) as exc:
                 log.warning("Redis Cluster unreachable at start (%s): retrying", exc)
-        for shard in self._discover_shards():
+        shards = self._discover_shards()
+        for shard in shards:
             shard.start()
         await self.subscribe(self.instance_channel(instance_id))
+        # Ready when every shard listens (or after a short wait: Redis may be down at start).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._timeout):
+                await asyncio.gather(*(shard.wait_up() for shard in shards))
         self._watchdog = asyncio.create_task(self._watch(), name="broker-watchdog")
 
     async def stop(self) -> None:
@@ -277,6 +282,23 @@ class RedisBroker:
     def sharded(self) -> bool:
         return self._sharded
 
+    def ping_channel(self, shard: _Shard) -> str:
+        """A channel of this instance on ``shard``: in a cluster, a hash tag is searched that
+        lands in a slot the shard owns, so every shard carries its own self-ping."""
+        base = f"{self._prefix}:ping:{_untagged(self._instance_id or uuid.uuid4().hex)}"
+        if self._cluster is None:
+            return base
+        nodes = self._cluster.nodes_manager
+        for n in range(100_000):
+            candidate = f"{base}:{{{n}}}"
+            try:
+                node = nodes.get_node_from_slot(key_slot(candidate.encode()))
+            except Exception:
+                break
+            if (str(node.host), int(node.port)) == (shard.host, shard.port):
+                return candidate
+        return base
+
     @property
     def instance_id(self) -> str:
         return self._instance_id
@@ -291,11 +313,7 @@ class _Shard:
         self.name = f"{host}:{port}"
         self.wanted: set[str] = set()
         self.connected = False
-        self.ping_channel = _channel_in_slot_of(
-            f"{broker.instance_channel(broker.instance_id or uuid.uuid4().hex)}:ping",
-            broker.sharded,
-            self,
-        )
+        self.ping_channel = broker.ping_channel(self)
         self._last_pong = time.monotonic()
         self._pubsub: PubSub | None = None
         self._confirmations: dict[str, asyncio.Future[None]] = {}
@@ -305,7 +323,11 @@ class _Shard:
         self._listener: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._ever_connected = False
+        self._up = asyncio.Event()
         self.dropped = 0
+
+    async def wait_up(self) -> None:
+        await self._up.wait()
 
     def start(self) -> None:
         if self._listener is None:
@@ -326,9 +348,14 @@ class _Shard:
 
     async def subscribe(self, channel: str) -> None:
         self.wanted.add(channel)
+        if not self.connected and not self._ever_connected:
+            # Still connecting for the first time (start-up): wait for it, within reason.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CONFIRM_TIMEOUT_SECONDS):
+                    await self._up.wait()
         pubsub = self._pubsub
         if pubsub is None or not self.connected:
-            return  # made on reconnection, with a resync
+            return  # Redis is down: made on reconnection, followed by a resync
         confirmed = asyncio.get_running_loop().create_future()
         self._confirmations[channel] = confirmed
         try:
@@ -337,8 +364,10 @@ class _Shard:
             async with asyncio.timeout(CONFIRM_TIMEOUT_SECONDS):
                 await confirmed
         except (RedisError, OSError, TimeoutError) as exc:
-            # The listener will reconnect and subscribe again; the hub then resyncs.
+            # Reconnect: the listener then subscribes to everything wanted again, and the hub
+            # resyncs, rather than this instance missing the room without knowing it.
             self.broker.warn("could not subscribe to %s on %s: %s", channel, self.name, exc)
+            self.reconnect()
         finally:
             if self._confirmations.get(channel) is confirmed:
                 del self._confirmations[channel]
@@ -370,11 +399,17 @@ class _Shard:
             client = self.broker.client_for(self.host, self.port, listener=True)
             pubsub = client.pubsub(ignore_subscribe_messages=False)
             try:
-                channels = sorted(self.wanted)
-                for start in range(0, len(channels), 500):
-                    await self._command(pubsub, "subscribe", channels[start : start + 500])
+                subscribed: set[str] = set()
+                # Channels wanted while this runs are picked up too: no await separates the
+                # last check from ``connected``.
+                while missing := sorted(self.wanted - subscribed):
+                    for batch in _batches(missing, sharded=self.broker.sharded):
+                        await self._command(pubsub, "subscribe", batch)
+                    subscribed.update(missing)
+                channels = sorted(subscribed)
                 self._pubsub = pubsub
                 self.connected = True
+                self._up.set()
                 self._last_pong = time.monotonic()
                 backoff = 0.05
                 first, self._ever_connected = not self._ever_connected, True
@@ -392,6 +427,7 @@ class _Shard:
                 log.exception("pub/sub listener on %s failed: reconnecting", self.name)
             finally:
                 self.connected = False
+                self._up.clear()
                 self._pubsub = None
                 for waiter in self._confirmations.values():
                     if not waiter.done():
@@ -482,7 +518,7 @@ class _Shard:
                     with contextlib.suppress(Exception):
                         await stale.aclose()
                 self.broker.warn("could not publish on %s (%s): kept for later", self.name, exc)
-                if isinstance(exc, ResponseError) and "MOVED" in str(exc):
+                if isinstance(exc, AskError | ClusterError):  # MOVED / ASK: the slot moved
                     self.broker.rebalance()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
@@ -512,18 +548,16 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _channel_in_slot_of(base: str, sharded: bool, shard: _Shard) -> str:
-    """A channel name whose slot the shard owns (each shard pings through its own channel)."""
-    broker = shard.broker
-    if not sharded or broker._cluster is None:
-        return base
-    nodes = broker._cluster.nodes_manager
-    for n in range(100_000):
-        candidate = f"{base}:{{{n}}}"
-        try:
-            node = nodes.get_node_from_slot(key_slot(candidate.encode()))
-        except Exception:
-            return base
-        if (node.host, node.port) == (shard.host, shard.port):
-            return candidate
-    return base
+def _untagged(name: str) -> str:
+    """A name that cannot open or close a hash tag of its own."""
+    return name.replace("{", "(").replace("}", ")")
+
+
+def _batches(channels: list[str], *, sharded: bool) -> list[list[str]]:
+    """Channels in groups one (S)SUBSCRIBE may carry: SSUBSCRIBE's share a slot."""
+    if not sharded:
+        return [channels[i : i + 500] for i in range(0, len(channels), 500)]
+    by_slot: dict[int, list[str]] = {}
+    for channel in channels:
+        by_slot.setdefault(key_slot(channel.encode()), []).append(channel)
+    return list(by_slot.values())

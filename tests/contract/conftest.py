@@ -17,7 +17,7 @@ from server.coordination.rates import RedisRateLimits
 from server.coordination.redis_support import RedisHandle
 from server.coordination.registry import RedisConnectionRegistry
 from server.coordination.stops import RedisStopSignals
-from tests.servers import RedisServer, free_port
+from tests.servers import RedisCluster, RedisServer, free_port
 
 
 def on_redis_only(redis: RedisHandle) -> Coordination:
@@ -31,18 +31,23 @@ def on_redis_only(redis: RedisHandle) -> Coordination:
     )
 
 
-@pytest.fixture(params=["memory", "redis", "failover", "failover-redis-down"])
+@pytest.fixture(params=["memory", "redis", "failover", "failover-redis-down", "redis-cluster"])
 async def coordination(request: pytest.FixtureRequest) -> AsyncIterator[Coordination]:
     if request.param == "memory":
         yield in_memory()
         return
     if request.param == "failover-redis-down":
         url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    elif request.param == "redis-cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        url = cluster.url
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         url = server.url
-    redis = RedisHandle(url, prefix=f"test-{uuid.uuid4().hex[:8]}")
-    yield on_redis_only(redis) if request.param == "redis" else on_redis(redis)
+    redis = RedisHandle(
+        url, prefix=f"test-{uuid.uuid4().hex[:8]}", cluster=request.param == "redis-cluster"
+    )
+    yield on_redis(redis) if request.param.startswith("failover") else on_redis_only(redis)
     await redis.close()
 
 

@@ -46,7 +46,7 @@ class Instance:
 Make = Callable[[], Broker]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
     made: list[Broker] = []
     if request.param == "memory":
@@ -57,11 +57,13 @@ async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
             return made[-1]
 
     else:
-        server: RedisServer = request.getfixturevalue("redis_server")
+        sharded = request.param == "redis-cluster"
+        fixture = "redis_cluster" if sharded else "redis_server"
+        url = request.getfixturevalue(fixture).url
         prefix = f"test-{uuid.uuid4().hex[:8]}"
 
         def make() -> Broker:
-            made.append(RedisBroker(server.url, prefix=prefix, ping_interval_seconds=0.5))
+            made.append(RedisBroker(url, prefix=prefix, cluster=sharded, ping_interval_seconds=0.5))
             return made[-1]
 
     yield make

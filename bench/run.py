@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fakes.openai_server import FakeOpenAI  # noqa: E402  (needs the sys.path line above)
-from tests.helpers import free_port, wait_for_port  # noqa: E402  (needs the sys.path line above)
+from tests.servers import free_port, wait_for_port  # noqa: E402  (needs the sys.path line above)
 
 BENCH = ROOT / "bench"
 SECRET = "bench-secret-" + "x" * 64

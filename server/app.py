@@ -41,6 +41,7 @@ from .transport.rest import Routes, cors_middleware
 from .transport.rooms import RoomHub
 from .transport.socketio.namespace import ChatNamespace
 from .transport.socketio.server import close_sockets, create_server
+from .transport.websocket import RawChatEndpoint, RawSettings
 
 log = logging.getLogger("server")
 
@@ -67,6 +68,7 @@ class Components:
     authenticator: Authenticator
     hub: RoomHub
     sio: socketio.AsyncServer
+    raw: RawChatEndpoint
     replies: ReplyService
     consultations: ConsultationService
     connections: ConnectionService
@@ -164,10 +166,20 @@ def build(
     hub.set_gap_filler(consultations.missed)
     auth = authenticator(settings)
     connections = ConnectionService(auth, admission, consultations, rooms)
-    sio.register_namespace(
-        ChatNamespace(connections, hub, parse_networks(settings.trusted_proxies))
+    proxies = parse_networks(settings.trusted_proxies)
+    sio.register_namespace(ChatNamespace(connections, hub, proxies))
+    raw = RawChatEndpoint(
+        connections,
+        hub,
+        RawSettings(
+            ping_interval=settings.ping_interval,
+            idle_timeout=settings.ws_idle_timeout_seconds,
+            auth_timeout=settings.ws_auth_timeout_seconds,
+            compression=settings.ws_compression,
+        ),
+        dev_auth=settings.dev_auth,
+        trusted_proxies=proxies,
     )
-
     components = Components(
         settings,
         store,
@@ -176,6 +188,7 @@ def build(
         auth,
         hub,
         sio,
+        raw,
         replies,
         consultations,
         connections,
@@ -207,6 +220,7 @@ def create_app(
     app = web.Application(middlewares=[cors_middleware(settings.allowed_origins)])
     app[COMPONENTS] = components
     components.sio.attach(app)
+    components.raw.install(app)
     Routes(
         components.consultations,
         components.authenticator,
@@ -243,6 +257,7 @@ async def _drain(app: web.Application) -> None:
     otherwise hold the shutdown for aiohttp's whole handler timeout."""
     parts = app[COMPONENTS]
     await parts.replies.wait_idle(SHUTDOWN_GRACE_SECONDS)
+    await parts.raw.close_all()
     await close_sockets(parts.sio)
     await parts.sio.shutdown()
 

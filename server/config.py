@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     ping_timeout: Seconds = 20.0
     max_http_buffer_size: Annotated[int, Field(ge=1024)] = 1_000_000
     ws_compression: bool = False
+    ws_idle_timeout_seconds: Seconds = 300.0
+    ws_auth_timeout_seconds: Seconds = 10.0
     gc_tuning: bool = True
     log_level: str = "INFO"
 

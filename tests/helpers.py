@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -181,3 +182,100 @@ def assert_clean_stream(client: ChatClient, message: dict[str, Any]) -> None:
     chunks = chunks_by_message(client)[message["id"]]
     assert [c["index"] for c in chunks] == list(range(len(chunks))), "gap, reorder or duplicate"
     assert "".join(c["content"] for c in chunks) == message["content"]
+
+
+class RawClient:
+    """A plain WebSocket client of ``/ws/chat`` (the ``websockets`` library), recording every
+    frame the server sends."""
+
+    def __init__(self, url: str, *, token: str | None = None, path: str = "/ws/chat") -> None:
+        base = url.replace("http://", "ws://").replace("https://", "wss://")
+        self.url = base + path + (f"?token={token}" if token else "")
+        self.frames: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None  # (code, reason) once the server closed
+        self._changed = asyncio.Condition()
+        self._next_id = 0
+        self._ws: Any = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self, *, wait_connected: bool = True) -> RawClient:
+        import websockets
+
+        self._ws = await websockets.connect(self.url, max_size=None, compression=None)
+        self._reader = asyncio.create_task(self._read())
+        if wait_connected:
+            await self.wait_for("connected")
+        return self
+
+    async def _read(self) -> None:
+        import websockets
+
+        try:
+            async for text in self._ws:
+                async with self._changed:
+                    self.frames.append(json.loads(text))
+                    self._changed.notify_all()
+        except websockets.ConnectionClosed:
+            pass
+        async with self._changed:
+            self.closed = (self._ws.close_code, self._ws.close_reason)
+            self._changed.notify_all()
+
+    async def send_text(self, text: str | bytes) -> None:
+        await self._ws.send(text)
+
+    async def emit(self, event: str, data: Any = None, **frame: Any) -> None:
+        await self.send_text(json.dumps({"event": event, "data": data, **frame}))
+
+    async def call(self, event: str, data: Any = None, timeout: float = 10) -> dict[str, Any]:
+        self._next_id += 1
+        frame_id = self._next_id
+        await self.emit(event, data, id=frame_id)
+        [ack] = await self.wait_for("ack", lambda a: a["id"] == frame_id, timeout=timeout, raw=True)
+        return dict(ack["data"])
+
+    async def join(self, consultation_id: str, **extra: Any) -> dict[str, Any]:
+        ack = await self.call("joinConsultation", {"consultationId": consultation_id, **extra})
+        assert ack["ok"], ack
+        return ack
+
+    async def send(self, consultation_id: str, content: str, **extra: Any) -> dict[str, Any]:
+        ack = await self.call(
+            "sendMessage", {"consultationId": consultation_id, "content": content, **extra}
+        )
+        assert ack["ok"], ack
+        return dict(ack["message"])
+
+    def of(self, event: str, predicate: Predicate | None = None, *, raw: bool = False) -> list[Any]:
+        found = [f if raw else f["data"] for f in self.frames if f["event"] == event]
+        return [d for d in found if predicate is None or predicate(d)]
+
+    async def wait_for(
+        self,
+        event: str,
+        predicate: Predicate | None = None,
+        *,
+        count: int = 1,
+        timeout: float = 10,
+        raw: bool = False,
+    ) -> list[Any]:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(
+                lambda: len(self.of(event, predicate, raw=raw)) >= count or self.closed is not None
+            )
+        found = self.of(event, predicate, raw=raw)
+        if len(found) < count:
+            raise AssertionError(f"closed {self.closed} before {count} {event!r}: {self.frames}")
+        return found
+
+    async def wait_closed(self, timeout: float = 15) -> tuple[int, str]:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.closed is not None)
+        assert self.closed is not None
+        return self.closed
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await self._reader

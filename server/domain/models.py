@@ -8,10 +8,12 @@ fields, so adding a field is one edit here.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from functools import cached_property
+from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
@@ -116,6 +118,17 @@ class Record(BaseModel):
     omit_when_none: ClassVar[frozenset[str]] = frozenset()
 
     def to_wire(self) -> dict[str, Any]:
+        """The wire form (camelCase, JSON types). Computed once: a record is immutable, and a
+        message is serialized for its ack and again for its broadcast. Do not mutate it."""
+        return self._wire
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("_wire", None)  # the copy differs: its wire form is made anew
+        return copied
+
+    @cached_property
+    def _wire(self) -> dict[str, Any]:
         wire = self.model_dump(mode="json", by_alias=True)
         for name in self.omit_when_none:
             alias = to_camel(name)
@@ -186,7 +199,7 @@ class Consultation(Record):
         return self.consultation_id
 
     def to_wire(self) -> dict[str, Any]:
-        return {"id": self.consultation_id, **super().to_wire()}
+        return {"id": self.consultation_id, **self._wire}
 
     @classmethod
     def new(cls, key: ConsultationKey, owner_id: str) -> Consultation:

@@ -61,6 +61,11 @@ def test_socketio_location_upgrades_websockets_and_outlives_heartbeats() -> None
     for header in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Real-IP"):
         assert f"proxy_set_header {header}" in NGINX_CONF
     assert "proxy_pass http://consultation_app;" in location("/")
+    raw = location("/ws/chat")
+    assert "proxy_set_header Upgrade $http_upgrade;" in raw
+    assert "proxy_set_header Connection $connection_upgrade;" in raw
+    raw_timeout = int(re.search(r"proxy_read_timeout (\d+)s;", raw).group(1))  # type: ignore[union-attr]
+    assert raw_timeout > 2 * defaults.ping_interval
 
 
 def test_compose_wires_mongo_redis_apps_and_nginx() -> None:

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from server.app import create_app
 from tests.conftest import settings_for_tests
-from tests.helpers import ChatClient
+from tests.helpers import ChatClient, RawClient
 from tests.servers import serve
 
 T = TypeVar("T")
@@ -63,6 +63,7 @@ class FuzzTarget:
     thread: LoopThread
     url: str
     client: ChatClient
+    raw: RawClient
     errors: ErrorLog
 
 
@@ -74,15 +75,18 @@ def target() -> Iterator[FuzzTarget]:
     settings = settings_for_tests(offline_word_delay_seconds=0, rate_limit_messages=1_000_000)
     server = serve(create_app(settings))
 
-    async def start() -> tuple[str, ChatClient]:
+    async def start() -> tuple[str, ChatClient, RawClient]:
         served = await server.__aenter__()
         client = await ChatClient(served.url, transports=["websocket"]).connect()
         await client.join("fuzz")
-        return served.url, client
+        raw = await RawClient(served.url).connect()
+        await raw.join("raw-fuzz")
+        return served.url, client, raw
 
-    url, client = thread.run(start())
-    yield FuzzTarget(thread, url, client, errors)
+    url, client, raw = thread.run(start())
+    yield FuzzTarget(thread, url, client, raw, errors)
     thread.run(client.disconnect())
+    thread.run(raw.close())
     thread.run(server.__aexit__(None, None, None))
     thread.stop()
     logging.getLogger().removeHandler(errors)
@@ -262,3 +266,49 @@ async def test_raw_malformed_packets_do_not_crash_the_server(
     assert (await survivor.send("after-raw", "fine"))["seq"] == 1
     [reply] = await survivor.wait_for("aiMessage")
     assert reply["seq"] == 2
+
+
+raw_frames = st.one_of(
+    # Frames shaped like the protocol, with any event and payload, mostly well-formed.
+    st.fixed_dictionaries(
+        {"event": events},
+        optional={"data": payloads, "id": st.integers() | st.text(max_size=8) | st.none()},
+    ).map(json.dumps),
+    st.fixed_dictionaries({"type": events}, optional=optional_fields).map(json.dumps),
+    json_values.map(json.dumps),  # any JSON at all
+    st.text(max_size=200),  # not JSON
+    st.binary(max_size=200),  # not text
+)
+
+
+@settings(
+    max_examples=250,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(frame=raw_frames)
+@example(frame='{"event": "auth", "data": {"token": "forged"}}')
+@example(frame='{"event": "sendMessage", "data": {"consultationId": "raw-fuzz", "content": 1e308}}')
+@example(frame=json.dumps({"event": "joinConsultation", "data": nested(400)}))
+@example(frame='{"event": "ping", "id": 1e400}')
+@example(frame="")
+def test_every_raw_frame_leaves_a_live_socket_and_logs_no_unhandled_error(
+    target: FuzzTarget, frame: str | bytes
+) -> None:
+    async def probe() -> dict[str, Any]:
+        await target.raw.send_text(frame)
+        return await target.raw.call("ping")  # answered: the socket is alive and in order
+
+    assert target.thread.run(probe())["ok"] is True
+    assert target.raw.closed is None
+    assert target.errors.records == [], target.errors.text()
+
+
+def test_after_raw_fuzzing_the_same_socket_still_chats(target: FuzzTarget) -> None:
+    async def normal_flow() -> dict[str, Any]:
+        sent = await target.raw.send("raw-fuzz", "a normal question over raw")
+        await target.raw.wait_for("aiMessage", lambda m: "normal question over raw" in m["content"])
+        return sent
+
+    assert target.thread.run(normal_flow())["content"] == "a normal question over raw"
+    assert target.errors.records == [], target.errors.text()

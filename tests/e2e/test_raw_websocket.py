@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ import websockets
 
 from tests.conftest import JWT_SECRET, Cluster, Connect, StartServer, make_token
 from tests.helpers import RawClient, assert_clean_stream, eventually
+from tests.servers import ROOT
 
 
 async def raw(url: str, **kwargs: object) -> RawClient:
@@ -54,9 +56,10 @@ async def test_raw_and_socketio_clients_share_a_consultation_and_its_streamed_re
 async def test_raw_clients_on_two_instances_and_socketio_share_rooms(
     cluster: Cluster, connect: Connect
 ) -> None:
-    app_a, app_b = cluster.start_apps(2, AI_MODELS="good")
+    _, app_b = cluster.start_apps(2, AI_MODELS="good")
+    proxy = cluster.start_nginx()
     token = make_token("sven")
-    plain_a = await raw(app_a.url, token=token)
+    plain_a = await raw(proxy.url, token=token)  # through nginx, as deployed
     plain_b = await raw(app_b.url, token=token)
     sio_b = await connect(app_b.url, token=token, join="spread")
     await plain_a.join("spread")
@@ -253,3 +256,30 @@ async def test_a_bare_upgrade_without_the_websocket_headers_is_refused(
         assert response.status == 400
     with pytest.raises(websockets.InvalidURI):
         await websockets.connect("not a url")
+
+
+def readme_example() -> str:
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- raw-websocket-example -->", 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_readme_python_websockets_example_runs_end_to_end(
+    start_server: StartServer,
+) -> None:
+    server = await start_server()
+    script = readme_example().replace("ws://localhost:8080", server.url.replace("http", "ws"))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr.decode()
+    lines = stdout.decode().splitlines()
+    assert "'event': 'connected'" in lines[0]
+    assert "ack 1 True" in lines and "ack 2 True" in lines
+    assert "Echo: Hello from a plain WebSocket" in stdout.decode()  # streamed chunk by chunk
+    assert lines[-1] == "stored as seq 2"

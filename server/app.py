@@ -92,6 +92,7 @@ class Components:
             "total_messages": self.consultations.stored_total,
             "consultations_active": sum(1 for r in self.hub.rooms() if r.startswith("c:")),
             "ai_replies_in_flight": len(self.replies.streaming_now),
+            "ai_replies_taken_over": self.replies.taken_over,
             "fanout": {
                 "mode": "redis" if broker.distributed else "local",
                 "subscriptions": len(broker.subscriptions()),
@@ -132,7 +133,11 @@ def build(
         assistant,
         rooms,
         ReplyCoordination(
-            coordination.locks, coordination.queue, coordination.buffer, coordination.stops
+            coordination.locks,
+            coordination.queue,
+            coordination.buffer,
+            coordination.stops,
+            coordination.inflight,
         ),
         ReplySettings(
             system_prompt=settings.ai_system_prompt,
@@ -140,6 +145,7 @@ def build(
             lock_ttl_seconds=settings.ai_lock_ttl_seconds,
             enabled=settings.ai_replies,
             chunk_flush_seconds=settings.ai_chunk_flush_ms / 1000,
+            resume=settings.ai_resume,
         ),
     )
     consultations = ConsultationService(
@@ -209,6 +215,11 @@ def build(
         connections.start()
 
     components.resources.append(Resource("connections", start_connections, connections.stop))
+
+    async def start_replies() -> None:
+        replies.start()
+
+    components.resources.append(Resource("replies", start_replies, replies.stop_reaper))
     components.resources.append(Resource("assistant", _nothing, assistant.close))
     return components
 

@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     openai_base_url: str | None = None
     ai_models: Items = ("gpt-4o-mini",)
     ai_replies: bool = True
+    ai_resume: bool = True
     ai_system_prompt: str = DEFAULT_SYSTEM_PROMPT
     ai_context_messages: Count = 10
     ai_timeout_seconds: Seconds = 60.0

@@ -75,7 +75,11 @@ async def run_reply(script: list[tuple[float, str]], window: float) -> tuple[Any
         assistant,
         notifier,
         ReplyCoordination(
-            coordination.locks, coordination.queue, coordination.buffer, coordination.stops
+            coordination.locks,
+            coordination.queue,
+            coordination.buffer,
+            coordination.stops,
+            coordination.inflight,
         ),
         ReplySettings(system_prompt="test", chunk_flush_seconds=window),
     )

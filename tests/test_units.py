@@ -376,3 +376,27 @@ def test_text_frames_carry_their_length(size: int) -> None:
     encoded = text_frame(b"x" * size)
     header = len(encoded) - size
     assert header == {10: 2, 200: 4, 70_000: 10}[size]
+
+
+# -- the dialogue given to the model --------------------------------------------------------------
+
+
+def test_a_reply_follows_what_it_answered_in_the_dialogue() -> None:
+    from server.domain.models import Message
+    from server.domain.replies import dialogue
+
+    key = ConsultationKey("t", "c")
+
+    def stored(seq: int, role: Author, text: str, answers: int | None = None) -> Message:
+        message = Message.new(key, role, text, answers_seq=answers)
+        return message.model_copy(update={"seq": seq})
+
+    # "second" was sent while the first reply streamed: stored before it, asked after it.
+    history = [
+        stored(1, Author.USER, "first"),
+        stored(2, Author.USER, "second"),
+        stored(3, Author.ASSISTANT, "answer to first", answers=1),
+    ]
+    assert [t.content for t in dialogue(history)] == ["first", "answer to first", "second"]
+    older = [stored(1, Author.USER, "q"), stored(2, Author.ASSISTANT, "a")]  # before answers_seq
+    assert [t.content for t in dialogue(older)] == ["q", "a"]

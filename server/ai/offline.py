@@ -19,7 +19,10 @@ class OfflineAssistant:
         self._delay = word_delay_seconds
 
     async def stream(self, request: ReplyRequest) -> AsyncIterator[Delta]:
-        for word in re.findall(r"\S+\s*", compose_reply(request)):
+        reply = compose_reply(request)
+        if request.continue_from and reply.startswith(request.continue_from):
+            reply = reply[len(request.continue_from) :]  # continue where the answer stopped
+        for word in re.findall(r"\S+\s*|\s+", reply):
             if self._delay:
                 await asyncio.sleep(self._delay)
             yield Delta(text=word, model=MODEL_NAME)

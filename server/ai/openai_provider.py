@@ -44,6 +44,10 @@ class OpenAIModel:
     async def stream(self, request: ReplyRequest) -> AsyncIterator[Delta]:
         messages: list[Any] = [{"role": "system", "content": request.system_prompt}]
         messages += [{"role": t.author.value, "content": t.content} for t in request.turns]
+        if request.continue_from:
+            # The answer so far as the start of the assistant's message: OpenAI-compatible
+            # servers continue a final assistant message (vLLM, Ollama, Mistral, DeepSeek…).
+            messages.append({"role": "assistant", "content": request.continue_from})
         received_any = False
         try:
             async with asyncio.timeout(self._first_token_timeout) as first_token_deadline:

@@ -1,6 +1,7 @@
 """Coordination between instances, one module per concern (``locks``, ``queue``, ``buffer``,
-``stops``, ``rates``, ``registry``), each with a memory and a Redis implementation; ``failover``
-wraps each Redis one so that an instance keeps serving its own clients while Redis is down."""
+``inflight``, ``stops``, ``rates``, ``registry``), each with a memory and a Redis
+implementation; ``failover`` wraps each Redis one so that an instance keeps serving its own
+clients while Redis is down."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from ..domain.ports import (
     ReplyBuffer,
     ReplyLocks,
     ReplyQueue,
+    ReplyRegistry,
     StopSignals,
 )
 from .buffer import MemoryReplyBuffer, RedisReplyBuffer
@@ -22,8 +24,10 @@ from .failover import (
     FailoverReplyBuffer,
     FailoverReplyLocks,
     FailoverReplyQueue,
+    FailoverReplyRegistry,
     FailoverStopSignals,
 )
+from .inflight import MemoryReplyRegistry, RedisReplyRegistry
 from .locks import MemoryReplyLocks, RedisReplyLocks
 from .queue import MemoryReplyQueue, RedisReplyQueue
 from .rates import MemoryRateLimits, RedisRateLimits
@@ -42,6 +46,7 @@ class Coordination:
     stops: StopSignals
     rates: RateLimits
     registry: ConnectionRegistry
+    inflight: ReplyRegistry
 
 
 def in_memory() -> Coordination:
@@ -53,6 +58,7 @@ def in_memory() -> Coordination:
         stops=MemoryStopSignals(),
         rates=MemoryRateLimits(),
         registry=MemoryConnectionRegistry(),
+        inflight=MemoryReplyRegistry(),
     )
 
 
@@ -69,4 +75,5 @@ def on_redis(redis: RedisHandle) -> Coordination:
         registry=FailoverConnectionRegistry(
             RedisConnectionRegistry(redis), local.registry, degraded
         ),
+        inflight=FailoverReplyRegistry(RedisReplyRegistry(redis), local.inflight, degraded),
     )

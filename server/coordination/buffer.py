@@ -1,8 +1,9 @@
-"""``ReplyBuffer``: the text of the reply streaming in a consultation, so far.
+"""``ReplyBuffer``: the reply streaming in a consultation, so far, and what it is.
 
-Redis: the current message id in one key and its chunks in a list beside it (both in the
-consultation's slot), appended atomically with the id check and expiring with the reply, so a
-crashed instance leaves nothing behind.
+Redis: a hash (message id, owner, the seq it answers, model) and the chunks in a list beside
+it, both in the consultation's slot and expiring with the reply. Appends are fenced by owner
+(the streaming instance's lock token) in one script: an instance that lost the reply to a
+takeover cannot add a chunk, and so never emits one.
 """
 
 from __future__ import annotations
@@ -10,25 +11,48 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..domain.ports import Partial
-from .redis_support import RedisHandle, ms, text, translated
+from ..domain.ports import Partial, ReplyDraft
+from .redis_support import RedisHandle, ms, text
 
 _START = """
-local previous = redis.call('GET', KEYS[1])
+local previous = redis.call('HGET', KEYS[1], 'id')
 if previous then redis.call('DEL', KEYS[1] .. ':' .. previous) end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'owner', ARGV[2], 'seq', ARGV[3], 'model', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 _APPEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local state = redis.call('HMGET', KEYS[1], 'id', 'owner')
+if state[1] ~= ARGV[1] or state[2] ~= ARGV[2] then return -1 end
 local parts = KEYS[1] .. ':' .. ARGV[1]
-local length = redis.call('RPUSH', parts, ARGV[2])
-redis.call('PEXPIRE', parts, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
+local length = redis.call('RPUSH', parts, ARGV[3])
+redis.call('PEXPIRE', parts, ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return length
 """
+_CLAIM = """
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return false end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2])
+local parts = KEYS[1] .. ':' .. ARGV[1]
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+if redis.call('EXISTS', parts) == 1 then redis.call('PEXPIRE', parts, ARGV[3]) end
+return {'1'}
+"""
+_SET_MODEL = """
+if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'model', ARGV[2])
+end
+return 1
+"""
+_READ = """
+local state = redis.call('HMGET', KEYS[1], 'id', 'owner', 'seq', 'model')
+if not state[1] then return false end
+local parts = redis.call('LRANGE', KEYS[1] .. ':' .. state[1], 0, -1)
+return {state[1], state[2], state[3], state[4], parts}
+"""
 _CLEAR = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
   redis.call('DEL', KEYS[1], KEYS[1] .. ':' .. ARGV[1])
   return 1
 end
@@ -38,33 +62,64 @@ return 0
 
 @dataclass
 class _Buffer:
-    message_id: str
+    draft: ReplyDraft
     expires_at: float
     parts: list[str] = field(default_factory=list)
+
+    def partial(self) -> Partial:
+        draft = self.draft
+        return Partial(
+            draft.message_id,
+            "".join(self.parts),
+            len(self.parts) - 1,
+            owner=draft.owner,
+            request_seq=draft.request_seq,
+            model=draft.model,
+            parts=tuple(self.parts),
+        )
 
 
 class MemoryReplyBuffer:
     def __init__(self) -> None:
         self._buffers: dict[str, _Buffer] = {}
 
-    async def start(self, name: str, message_id: str, ttl_seconds: float) -> None:
-        self._buffers[name] = _Buffer(message_id, time.monotonic() + ttl_seconds)
+    async def start(self, name: str, draft: ReplyDraft, ttl_seconds: float) -> None:
+        self._buffers[name] = _Buffer(draft, time.monotonic() + ttl_seconds)
 
-    async def append(self, name: str, message_id: str, text: str, ttl_seconds: float) -> None:
+    async def append(
+        self, name: str, message_id: str, owner: str, text: str, ttl_seconds: float
+    ) -> bool:
         buffer = self._live(name)
-        if buffer is not None and buffer.message_id == message_id:
-            buffer.parts.append(text)
-            buffer.expires_at = time.monotonic() + ttl_seconds
+        if buffer is None or (buffer.draft.message_id, buffer.draft.owner) != (message_id, owner):
+            return False
+        buffer.parts.append(text)
+        buffer.expires_at = time.monotonic() + ttl_seconds
+        return True
+
+    async def claim(
+        self, name: str, message_id: str, owner: str, ttl_seconds: float
+    ) -> Partial | None:
+        buffer = self._live(name)
+        if buffer is None or buffer.draft.message_id != message_id:
+            return None
+        draft = buffer.draft
+        buffer.draft = ReplyDraft(draft.message_id, owner, draft.request_seq, draft.model)
+        buffer.expires_at = time.monotonic() + ttl_seconds
+        return buffer.partial()
+
+    async def set_model(self, name: str, message_id: str, model: str) -> None:
+        buffer = self._live(name)
+        if buffer is not None and buffer.draft.message_id == message_id:
+            draft = buffer.draft
+            buffer.draft = ReplyDraft(draft.message_id, draft.owner, draft.request_seq, model)
 
     async def read(self, name: str) -> Partial | None:
         buffer = self._live(name)
-        if buffer is None:
-            return None
-        return Partial(buffer.message_id, "".join(buffer.parts), len(buffer.parts) - 1)
+        return buffer.partial() if buffer is not None else None
 
     async def clear(self, name: str, message_id: str) -> None:
         buffer = self._buffers.get(name)
-        if buffer is not None and buffer.message_id == message_id:
+        if buffer is not None and buffer.draft.message_id == message_id:
             del self._buffers[name]
 
     def _live(self, name: str) -> _Buffer | None:
@@ -79,27 +134,50 @@ class RedisReplyBuffer:
     def __init__(self, redis: RedisHandle) -> None:
         self._redis = redis
 
-    async def start(self, name: str, message_id: str, ttl_seconds: float) -> None:
+    def _key(self, name: str) -> str:
+        return self._redis.key("reply", name)
+
+    async def start(self, name: str, draft: ReplyDraft, ttl_seconds: float) -> None:
         await self._redis.run(
-            _START, [self._redis.key("partial", name)], [message_id, ms(ttl_seconds)]
+            _START,
+            [self._key(name)],
+            [draft.message_id, draft.owner, draft.request_seq, draft.model, ms(ttl_seconds)],
         )
 
-    async def append(self, name: str, message_id: str, text: str, ttl_seconds: float) -> None:
-        await self._redis.run(
-            _APPEND, [self._redis.key("partial", name)], [message_id, text, ms(ttl_seconds)]
+    async def append(
+        self, name: str, message_id: str, owner: str, text: str, ttl_seconds: float
+    ) -> bool:
+        length = await self._redis.run(
+            _APPEND, [self._key(name)], [message_id, owner, text, ms(ttl_seconds)]
         )
+        return int(length) > 0
+
+    async def claim(
+        self, name: str, message_id: str, owner: str, ttl_seconds: float
+    ) -> Partial | None:
+        claimed = await self._redis.run(
+            _CLAIM, [self._key(name)], [message_id, owner, ms(ttl_seconds)]
+        )
+        return await self.read(name) if claimed else None
+
+    async def set_model(self, name: str, message_id: str, model: str) -> None:
+        await self._redis.run(_SET_MODEL, [self._key(name)], [message_id, model])
 
     async def read(self, name: str) -> Partial | None:
-        key = self._redis.key("partial", name)
-        async with translated():
-            raw_id = await self._redis.client.get(key)
-            if raw_id is None:
-                return None
-            message_id = text(raw_id)
-            parts = [
-                text(part) for part in await self._redis.client.lrange(f"{key}:{message_id}", 0, -1)
-            ]
-        return Partial(message_id, "".join(parts), len(parts) - 1)
+        state = await self._redis.run(_READ, [self._key(name)], [])
+        if not state:
+            return None
+        message_id, owner, seq, model, parts = state
+        texts = [text(part) for part in parts]
+        return Partial(
+            text(message_id),
+            "".join(texts),
+            len(texts) - 1,
+            owner=text(owner or ""),
+            request_seq=int(text(seq or "0")),
+            model=text(model or ""),
+            parts=tuple(texts),
+        )
 
     async def clear(self, name: str, message_id: str) -> None:
-        await self._redis.run(_CLEAR, [self._redis.key("partial", name)], [message_id])
+        await self._redis.run(_CLEAR, [self._key(name)], [message_id])

@@ -25,8 +25,10 @@ from ..domain.ports import (
     RateDecision,
     RateLimits,
     ReplyBuffer,
+    ReplyDraft,
     ReplyLocks,
     ReplyQueue,
+    ReplyRegistry,
     StopSignals,
 )
 from ..errors import CoordinationUnavailable
@@ -65,9 +67,17 @@ async def _none() -> None:
     return None
 
 
+async def _empty() -> list[str]:
+    return []
+
+
 class _GuardedLock:
     def __init__(self, inner: Lock) -> None:
         self._inner = inner
+
+    @property
+    def token(self) -> str:
+        return self._inner.token
 
     async def renew(self) -> bool:
         try:
@@ -117,17 +127,40 @@ class FailoverReplyBuffer:
     def __init__(self, primary: ReplyBuffer, fallback: ReplyBuffer, degraded: Degraded) -> None:
         self._primary, self._fallback, self._degraded = primary, fallback, degraded
 
-    async def start(self, name: str, message_id: str, ttl_seconds: float) -> None:
+    async def start(self, name: str, draft: ReplyDraft, ttl_seconds: float) -> None:
         await self._degraded.either(
-            lambda: self._primary.start(name, message_id, ttl_seconds),
-            lambda: self._fallback.start(name, message_id, ttl_seconds),
+            lambda: self._primary.start(name, draft, ttl_seconds),
+            lambda: self._fallback.start(name, draft, ttl_seconds),
         )
 
-    async def append(self, name: str, message_id: str, text: str, ttl_seconds: float) -> None:
-        await self._degraded.either(
-            lambda: self._primary.append(name, message_id, text, ttl_seconds),
-            lambda: self._fallback.append(name, message_id, text, ttl_seconds),
+    async def append(
+        self, name: str, message_id: str, owner: str, text: str, ttl_seconds: float
+    ) -> bool:
+        # The buffer lives where the reply started (Redis, or memory during an outage).
+        if await self._fallback.append(name, message_id, owner, text, ttl_seconds):
+            return True
+
+        async def during_outage() -> bool:
+            # A reply started on Redis before it went down has no buffer here: keep
+            # streaming it (nothing can fence it now). One that has was refused above.
+            return await self._fallback.read(name) is None
+
+        return await self._degraded.either(
+            lambda: self._primary.append(name, message_id, owner, text, ttl_seconds),
+            during_outage,
         )
+
+    async def claim(
+        self, name: str, message_id: str, owner: str, ttl_seconds: float
+    ) -> Partial | None:
+        return await self._degraded.either(
+            lambda: self._primary.claim(name, message_id, owner, ttl_seconds),
+            lambda: self._fallback.claim(name, message_id, owner, ttl_seconds),
+        )
+
+    async def set_model(self, name: str, message_id: str, model: str) -> None:
+        await self._fallback.set_model(name, message_id, model)
+        await self._degraded.either(lambda: self._primary.set_model(name, message_id, model), _none)
 
     async def read(self, name: str) -> Partial | None:
         shared = await self._degraded.either(lambda: self._primary.read(name), _none)
@@ -136,6 +169,26 @@ class FailoverReplyBuffer:
     async def clear(self, name: str, message_id: str) -> None:
         await self._fallback.clear(name, message_id)
         await self._degraded.either(lambda: self._primary.clear(name, message_id), _none)
+
+
+class FailoverReplyRegistry:
+    def __init__(self, primary: ReplyRegistry, fallback: ReplyRegistry, degraded: Degraded) -> None:
+        self._primary, self._fallback, self._degraded = primary, fallback, degraded
+
+    async def touch(self, name: str, ttl_seconds: float) -> None:
+        await self._degraded.either(
+            lambda: self._primary.touch(name, ttl_seconds),
+            lambda: self._fallback.touch(name, ttl_seconds),
+        )
+
+    async def drop(self, name: str) -> None:
+        await self._fallback.drop(name)
+        await self._degraded.either(lambda: self._primary.drop(name), _none)
+
+    async def overdue(self, limit: int) -> list[str]:
+        local = await self._fallback.overdue(limit)
+        shared = await self._degraded.either(lambda: self._primary.overdue(limit), _empty)
+        return list(dict.fromkeys(local + shared))[:limit]
 
 
 class FailoverStopSignals:

@@ -33,6 +33,10 @@ class MemoryLock:
         self._token = token
         self._ttl = ttl
 
+    @property
+    def token(self) -> str:
+        return self._token
+
     async def renew(self) -> bool:
         return self._owner.renew(self._name, self._token, self._ttl)
 
@@ -72,6 +76,10 @@ class RedisLock:
         self._key = key
         self._token = token
         self._ttl_ms = ttl_ms
+
+    @property
+    def token(self) -> str:
+        return self._token
 
     async def renew(self) -> bool:
         return bool(await self._redis.run(_RENEW, [self._key], [self._token, self._ttl_ms]))

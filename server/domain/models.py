@@ -157,8 +157,11 @@ class Message(Record):
     status: MessageStatus = MessageStatus.COMPLETE
     model: str | None = None
     client_message_id: str | None = None
+    answers_seq: int | None = None  # a reply: the newest message of the context it answered
 
-    omit_when_none: ClassVar[frozenset[str]] = frozenset({"model", "client_message_id"})
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"model", "client_message_id", "answers_seq"}
+    )
 
     @property
     def key(self) -> ConsultationKey:

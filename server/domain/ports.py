@@ -54,8 +54,9 @@ class MessageStore(Protocol):
     async def append(self, message: Message) -> Appended:
         """Store the message with the next ``seq`` of its consultation (atomic, gap-free).
 
-        A message whose ``client_message_id`` is already stored in its consultation is not
-        stored again: the stored one is returned with ``created=False``.
+        A message whose ``client_message_id`` is already stored in its consultation, or whose
+        ``id`` is already stored, is not stored again: the stored one is returned with
+        ``created=False``.
         """
         ...
 
@@ -93,6 +94,9 @@ class Turn:
 class ReplyRequest:
     system_prompt: str
     turns: Sequence[Turn]
+    # Continue this answer (given as the start of the assistant's reply) rather than begin one:
+    # the text a dead instance had streamed.
+    continue_from: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,11 @@ class Assistant(Protocol):
 
 
 class Lock(Protocol):
+    @property
+    def token(self) -> str:
+        """Unique to this holding of the lock: what fences the holder's writes."""
+        ...
+
     async def renew(self) -> bool:
         """Extend the lock's expiry; False when it was lost (expired and taken by another)."""
         ...
@@ -139,29 +148,71 @@ class ReplyQueue(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyDraft:
+    """What a reply in flight is, so that another instance can continue it."""
+
+    message_id: str
+    owner: str  # the lock token of the instance streaming it: only it may append
+    request_seq: int  # the newest message of the context it answers
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Partial:
-    """The text of a reply while it streams: what a client joining mid-stream starts from."""
+    """The text of a reply while it streams: what a client joining mid-stream starts from, and
+    what an instance taking the reply over continues from."""
 
     message_id: str
     content: str
     index: int  # index of the last chunk included in ``content``; -1 before the first
+    owner: str = ""
+    request_seq: int = 0
+    model: str = ""
+    parts: tuple[str, ...] = ()  # the chunks' texts, by index
 
 
 class ReplyBuffer(Protocol):
     """The partial-reply buffer: the text of the reply streaming in a consultation, so far."""
 
-    async def start(self, name: str, message_id: str, ttl_seconds: float) -> None:
-        """Begin buffering the reply ``message_id`` (replacing any older buffer)."""
+    async def start(self, name: str, draft: ReplyDraft, ttl_seconds: float) -> None:
+        """Begin buffering the reply ``draft`` (replacing any older buffer)."""
         ...
 
-    async def append(self, name: str, message_id: str, text: str, ttl_seconds: float) -> None:
-        """Add one chunk's text, only while ``message_id`` is the buffered reply."""
+    async def append(
+        self, name: str, message_id: str, owner: str, text: str, ttl_seconds: float
+    ) -> bool:
+        """Add one chunk's text, only while ``message_id`` is the buffered reply and ``owner``
+        streams it; False otherwise (another instance took it over: stop)."""
+        ...
+
+    async def claim(
+        self, name: str, message_id: str, owner: str, ttl_seconds: float
+    ) -> Partial | None:
+        """Become the owner of the buffered reply ``message_id`` (a takeover); its state, or
+        None when it is no longer buffered."""
+        ...
+
+    async def set_model(self, name: str, message_id: str, model: str) -> None:
+        """Record the model answering (once the first token came)."""
         ...
 
     async def read(self, name: str) -> Partial | None: ...
 
     async def clear(self, name: str, message_id: str) -> None:
         """Drop the buffer, only while ``message_id`` is the buffered reply."""
+        ...
+
+
+class ReplyRegistry(Protocol):
+    """Consultations with a reply in flight, each with a deadline its instance keeps moving:
+    an entry past its deadline belongs to an instance that died."""
+
+    async def touch(self, name: str, ttl_seconds: float) -> None: ...
+
+    async def drop(self, name: str) -> None: ...
+
+    async def overdue(self, limit: int) -> list[str]:
+        """Entries whose deadline passed (their reply may need taking over)."""
         ...
 
 

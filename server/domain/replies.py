@@ -1,10 +1,23 @@
-"""AI replies: one at a time per consultation, streamed to the room, stored once at the end.
+"""AI replies: one at a time per consultation, streamed to the room, stored once at the end —
+and continued by another instance when the one streaming it dies.
 
 A stored user message *requests* a reply. The request marks the consultation pending and tries
 to take its reply lock; whoever holds the lock keeps answering while requests are pending, so
 messages sent during a reply are answered by the next one, with them in context. The lock, the
-pending flag, the partial-reply buffer and stop requests are coordination ports (Redis in a
-cluster), so all of this holds across instances.
+pending flag, the partial-reply buffer, stop requests and the registry of replies in flight are
+coordination ports (Redis in a cluster), so all of this holds across instances.
+
+**Takeover.** The holder of a lock registers the consultation with a deadline it moves forward
+at every renewal. Every instance's reaper looks for entries past their deadline; the first to
+take the expired lock claims the buffered reply (the buffer records its message id, the seq it
+answers, the model and its owner), asks the model to continue from the text already streamed,
+streams the continuation with the same message id and the next chunk indexes, stores the whole
+reply once, then answers whatever was pending behind it.
+
+**Fencing.** A chunk is emitted only after its text was appended to the buffer under the
+owner's token, and the buffer refuses appends from anyone but the current owner: an instance
+that was only slow and lost its reply to a takeover stops at its next chunk (or lock renewal),
+emits nothing more and stores nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +27,9 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import AppError, AssistantUnavailable, ReplyInterrupted
 from .events import AiChunk, AiMessage, AiThinking, ErrorEvent, ServerEvent
@@ -25,8 +40,10 @@ from .ports import (
     MessageStore,
     Partial,
     ReplyBuffer,
+    ReplyDraft,
     ReplyLocks,
     ReplyQueue,
+    ReplyRegistry,
     ReplyRequest,
     Rooms,
     StopSignals,
@@ -36,6 +53,7 @@ from .ports import (
 log = logging.getLogger(__name__)
 
 STOP_POLL_SECONDS = 0.2
+REAP_BATCH = 50
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,11 @@ class ReplySettings:
     lock_ttl_seconds: float = 15.0
     enabled: bool = True  # off: rooms are pure relays (human-only rooms, load tests)
     chunk_flush_seconds: float = 0.04  # at most one aiChunk per window; 0: one per delta
+    resume: bool = True  # continue a reply whose instance died (off: store what streamed)
+
+
+class _Lost(Exception):
+    """Another instance owns this reply now: send nothing more, store nothing."""
 
 
 @dataclass
@@ -53,11 +76,15 @@ class _Draft:
 
     key: ConsultationKey
     message_id: str
-    parts: list[str] = field(default_factory=list)  # every delta received
+    owner: str  # the lock token: what fences this instance's writes
+    request_seq: int
+    parts: list[str] = field(default_factory=list)  # every delta received (and, continuing,
+    # the text streamed before as the first part)
     model: str | None = None
     next_index: int = 0
     sent_parts: int = 0  # how many of the parts went out in chunks
     streaming: bool = True  # the flusher stops once this is False
+    lost: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # flush now, or stop
     delta_at: float = 0.0  # loop time of the newest delta
     flushed_at: float = float("-inf")  # loop time of the last chunk
@@ -95,6 +122,7 @@ class ReplyCoordination:
     queue: ReplyQueue
     buffer: ReplyBuffer
     stops: StopSignals
+    inflight: ReplyRegistry
 
 
 class ReplyService:
@@ -113,21 +141,27 @@ class ReplyService:
         self._queue = coordination.queue
         self._buffer = coordination.buffer
         self._stops = coordination.stops
+        self._inflight = coordination.inflight
         self._settings = settings
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
         self.streaming_now: set[str] = set()  # rooms whose reply streams on this instance
+        self.taken_over = 0  # replies this instance continued after their instance died
+
+    @property
+    def _ttl(self) -> float:
+        return self._settings.lock_ttl_seconds
 
     @property
     def _buffer_ttl(self) -> float:
-        return self._settings.lock_ttl_seconds * 2
+        return self._ttl * 2
+
+    # -- requests -------------------------------------------------------------------------------
 
     def request(self, key: ConsultationKey) -> None:
         """Ask for a reply in the background; never blocks the caller's socket."""
-        if not self._settings.enabled:
-            return
-        task = asyncio.create_task(self._serve(key), name=f"reply:{key.room}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if self._settings.enabled:
+            self._spawn(self._serve(key, mark=True), f"reply:{key.room}")
 
     async def stop(self, key: ConsultationKey) -> bool:
         """Ask whichever instance streams this consultation's reply to stop it, and drop the
@@ -136,15 +170,30 @@ class ReplyService:
         streaming = await self._buffer.read(name) is not None
         await self._queue.take_pending(name)
         if streaming:
-            await self._stops.request_stop(name, self._settings.lock_ttl_seconds)
+            await self._stops.request_stop(name, self._ttl)
         return streaming
 
     async def streaming(self, key: ConsultationKey) -> Partial | None:
         """The reply streaming in this consultation right now (on any instance), so far."""
         return await self._buffer.read(key.room)
 
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start looking for replies whose instance died."""
+        if self._settings.enabled and self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap(), name="reply-reaper")
+
+    async def stop_reaper(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+
     async def wait_idle(self, grace_seconds: float) -> None:
         """Let running replies finish (used at shutdown), then cancel what is left."""
+        await self.stop_reaper()
         if not self._tasks:
             return
         _, pending = await asyncio.wait(set(self._tasks), timeout=grace_seconds)
@@ -153,25 +202,41 @@ class ReplyService:
         if pending:
             await asyncio.wait(pending)
 
-    async def _serve(self, key: ConsultationKey) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- one reply at a time --------------------------------------------------------------------
+
+    async def _serve(self, key: ConsultationKey, *, mark: bool, overdue: bool = False) -> None:
         name = key.room
-        ttl = self._settings.lock_ttl_seconds
         try:
-            await self._queue.mark_pending(name)
+            if mark:
+                await self._queue.mark_pending(name)
             while True:
-                lock = await self._locks.try_lock(name, ttl)
+                lock = await self._locks.try_lock(name, self._ttl)
                 if lock is None:
+                    if overdue:
+                        return  # someone else took the lock (the holder lives, or a taker)
                     # Another reply is running; its holder answers our flag when it finishes.
                     # If the holder crashed, its lock expires with our flag still set: keep
                     # watching until someone took the flag or the lock is ours.
                     if not await self._queue.is_pending(name):
                         return
-                    await asyncio.sleep(random.uniform(0.5, 1.0) * min(0.5, ttl / 4))
+                    await asyncio.sleep(random.uniform(0.5, 1.0) * min(0.5, self._ttl / 4))
                     continue
+                await self._inflight.touch(name, self._ttl)
                 try:
+                    # The lock is new: a reply still buffered was its dead holder's.
+                    await self._continue_orphan(key, lock)
                     while await self._queue.take_pending(name):
                         await self._reply_once(key, lock)
+                except _Lost:
+                    log.warning("the reply in %s was taken over by another instance", name)
+                    return  # the new owner answers what is pending, and holds the lock
                 finally:
+                    await self._inflight.drop(name)
                     await lock.release()
                 # A request may have marked pending between our last take and the release,
                 # and failed to lock because we still held it: look once more.
@@ -184,29 +249,130 @@ class ReplyService:
             log.exception("reply for %s failed", name)
 
     async def _reply_once(self, key: ConsultationKey, lock: Lock) -> None:
-        cid = key.consultation_id
-        await self._rooms.to_room(key.room, AiThinking(consultation_id=cid, status="processing"))
-        self.streaming_now.add(key.room)
+        name, cid = key.room, key.consultation_id
+        await self._rooms.to_room(name, AiThinking(consultation_id=cid, status="processing"))
+        lost = False
         try:
-            await self._stream_and_store(key, lock)
+            await self._stops.take_stop(name)  # a stop sent before this reply is not for it
+            history = await self._store.recent(key, self._settings.context_messages)
+            request = ReplyRequest(
+                system_prompt=self._settings.system_prompt, turns=dialogue(history)
+            )
+            draft = _Draft(
+                key=key,
+                message_id=new_id(),
+                owner=lock.token,
+                request_seq=history[-1].seq if history else 0,
+            )
+            started = ReplyDraft(draft.message_id, draft.owner, draft.request_seq)
+            await self._buffer.start(name, started, self._buffer_ttl)
+            await self._stream(draft, request, lock)
+        except _Lost:
+            lost = True  # the new owner ends the reply, "done" included
+            raise
         finally:
-            self.streaming_now.discard(key.room)
-            await self._safe_emit(key, AiThinking(consultation_id=cid, status="done"))
+            if not lost:
+                await self._safe_emit(key, AiThinking(consultation_id=cid, status="done"))
 
-    async def _stream_and_store(self, key: ConsultationKey, lock: Lock) -> None:
+    # -- taking over a reply whose instance died ------------------------------------------------
+
+    async def _reap(self) -> None:
+        interval = max(0.2, min(1.0, self._ttl / 3))
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            try:
+                overdue = await self._inflight.overdue(REAP_BATCH)
+            except AppError as exc:
+                log.debug("could not look for orphaned replies: %s", exc.message)
+                continue
+            for name in overdue:
+                key = ConsultationKey.from_room(name)
+                if key is None:
+                    await self._inflight.drop(name)
+                    continue
+                self._spawn(self._serve(key, mark=False, overdue=True), f"takeover:{name}")
+
+    async def _continue_orphan(self, key: ConsultationKey, lock: Lock) -> None:
+        """The lock of a dead instance is ours: continue the reply it was streaming, if any.
+        What was pending behind it is answered next, by the caller."""
         name = key.room
-        await self._stops.take_stop(name)  # a stop sent before this reply is not for it
-        history = await self._store.recent(key, self._settings.context_messages)
-        request = ReplyRequest(
-            system_prompt=self._settings.system_prompt,
-            turns=[Turn(m.role, m.content) for m in history],
+        buffered = await self._buffer.read(name)
+        if buffered is None:
+            return  # it had stored its reply, or had not started one: only pending is left
+        stored = await self._store.after(key, buffered.request_seq, self._settings.context_messages)
+        if any(m.id == buffered.message_id for m in stored):
+            await self._buffer.clear(name, buffered.message_id)  # stored, not cleared: done
+            return
+        partial = await self._buffer.claim(name, buffered.message_id, lock.token, self._buffer_ttl)
+        if partial is None:
+            return
+        self.taken_over += 1
+        log.info(
+            "taking over reply %s in %s after chunk %d", partial.message_id, name, partial.index
         )
-        draft = _Draft(key=key, message_id=new_id())
-        await self._buffer.start(name, draft.message_id, self._buffer_ttl)
-        consumer = asyncio.create_task(self._consume(request, draft, lock))
-        stopped = await self._wait_unless_stopped(name, consumer)
-        failure = None if stopped else consumer.result()
-        await self._finish(draft, stopped, failure)
+        await self._stops.take_stop(name)
+        draft = _Draft(
+            key=key,
+            message_id=partial.message_id,
+            owner=lock.token,
+            request_seq=partial.request_seq,
+            parts=list(partial.parts),
+            model=partial.model or None,
+            next_index=partial.index + 1,
+            sent_parts=len(partial.parts),
+        )
+        # Chunks the dead instance emitted but never got to publish are sent again: instances
+        # drop those their members have (by index), so each client sees every index once.
+        for index, part in enumerate(partial.parts):
+            await self._rooms.to_room(
+                name,
+                AiChunk(
+                    consultation_id=key.consultation_id,
+                    message_id=partial.message_id,
+                    index=index,
+                    content=part,
+                    is_complete=False,
+                ),
+            )
+        lost = False
+        try:
+            if not self._settings.resume:
+                await self._finish(draft, stopped=False, failure=ReplyInterrupted())
+                return
+            history = await self._store.after(
+                key,
+                max(0, partial.request_seq - self._settings.context_messages),
+                self._settings.context_messages,
+            )
+            request = ReplyRequest(
+                system_prompt=self._settings.system_prompt,
+                turns=dialogue([m for m in history if m.seq <= partial.request_seq]),
+                continue_from=partial.content,
+            )
+            await self._stream(draft, request, lock)
+        except _Lost:
+            lost = True
+            raise
+        finally:
+            if not lost:
+                done = AiThinking(consultation_id=key.consultation_id, status="done")
+                await self._safe_emit(key, done)
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    async def _stream(self, draft: _Draft, request: ReplyRequest, lock: Lock) -> None:
+        """Stream the reply and store it; raises _Lost when another instance took it over."""
+        name = draft.key.room
+        self.streaming_now.add(name)
+        try:
+            consumer = asyncio.create_task(self._consume(request, draft, lock))
+            stopped = await self._wait_unless_stopped(name, consumer)
+            failure = None if stopped else consumer.result()
+            if draft.lost:
+                raise _Lost()
+            await self._finish(draft, stopped, failure)
+        finally:
+            self.streaming_now.discard(name)
 
     async def _consume(self, request: ReplyRequest, draft: _Draft, lock: Lock) -> AppError | None:
         """Stream the reply into the room; return the failure that ended it, if any."""
@@ -219,9 +385,13 @@ class ReplyService:
         loop = asyncio.get_running_loop()
         try:
             async for delta in self._assistant.stream(request):
+                if draft.lost:
+                    return None
                 if not delta.text:
                     continue
-                draft.model = delta.model
+                if draft.model != delta.model:
+                    draft.model = delta.model
+                    await self._buffer.set_model(name, draft.message_id, delta.model)
                 draft.parts.append(delta.text)
                 # A delta goes out at once, with whatever is held, when the last chunk left at
                 # least a window ago (the first one always): a fast model does not cost an
@@ -235,10 +405,12 @@ class ReplyService:
                     # One chunk per delta, even for deltas decoded from one network read
                     # (the stream does not yield to the loop between them).
                     await asyncio.sleep(0)
-                if time.monotonic() - renewed_at > self._settings.lock_ttl_seconds / 3:
+                if time.monotonic() - renewed_at > self._ttl / 3:
                     renewed_at = time.monotonic()
                     if not await lock.renew():
-                        log.warning("reply lock for %s was lost while streaming", name)
+                        draft.lost = True
+                        return None
+                    await self._inflight.touch(name, self._ttl)
         except AssistantUnavailable as exc:
             return exc
         except Exception:  # a provider bug must not lose what streamed
@@ -263,7 +435,7 @@ class ReplyService:
                     await draft.wake.wait()
             woken = draft.wake.is_set()
             draft.wake.clear()
-            if not draft.streaming:
+            if not draft.streaming or draft.lost:
                 return
             now = loop.time()
             if woken or (draft.holding and now >= draft.delta_at + window):
@@ -290,12 +462,22 @@ class ReplyService:
         else:
             batches = [(i + 1, draft.parts[i]) for i in range(start, end)]
         for upto, text in batches:  # upto: the parts this batch covers
-            if text:
-                # Buffer first, emit second: a client joining in between finds the chunk in
-                # the buffer (and drops the live copy by its index) instead of missing it.
-                await self._buffer.append(draft.key.room, draft.message_id, text, self._buffer_ttl)
-                await self._rooms.to_room(draft.key.room, draft.chunk(text, False))
+            if text and not await self._emit_chunk(draft, text, complete=False):
+                return
             draft.sent_parts = upto
+
+    async def _emit_chunk(self, draft: _Draft, text: str, *, complete: bool) -> bool:
+        """Buffer first, emit second: a client joining in between finds the chunk in the
+        buffer (and drops the live copy by its index), a takeover continues after it, and an
+        instance that lost the reply is refused here and emits nothing."""
+        name = draft.key.room
+        if not await self._buffer.append(
+            name, draft.message_id, draft.owner, text, self._buffer_ttl
+        ):
+            draft.lost = True
+            return False
+        await self._rooms.to_room(name, draft.chunk(text, complete))
+        return True
 
     async def _wait_unless_stopped(
         self, name: str, consumer: asyncio.Task[AppError | None]
@@ -314,41 +496,54 @@ class ReplyService:
             raise
 
     async def _finish(self, draft: _Draft, stopped: bool, failure: AppError | None) -> None:
-        key, name, content = draft.key, draft.key.room, draft.content
-        if not content:
+        key, name = draft.key, draft.key.room
+        if not draft.content:
             await self._buffer.clear(name, draft.message_id)
             if failure is None and not stopped:
                 failure = AssistantUnavailable("The assistant returned an empty reply")
         else:
             # The last chunk carries whatever was not flushed yet (a stop may have cut a
             # flush short): all chunks concatenated always equal the stored reply.
-            await self._rooms.to_room(name, draft.chunk(draft.unsent(), True))
+            if not await self._emit_chunk(draft, draft.unsent(), complete=True):
+                raise _Lost()
             try:
-                stored = await self._store_reply(draft, _status(stopped, failure))
+                appended = await self._store.append(
+                    Message.new(
+                        key,
+                        Author.ASSISTANT,
+                        draft.content,
+                        id=draft.message_id,
+                        status=_status(stopped, failure),
+                        model=draft.model,
+                        answers_seq=draft.request_seq or None,
+                    )
+                )
             finally:
                 await self._buffer.clear(name, draft.message_id)
-            await self._rooms.to_room(name, AiMessage(message=stored))
+            if appended.created:
+                await self._rooms.to_room(name, AiMessage(message=appended.message))
         if failure is not None:
             await self._rooms.to_room(name, _error(key, failure))
-
-    async def _store_reply(self, draft: _Draft, status: MessageStatus) -> Message:
-        appended = await self._store.append(
-            Message.new(
-                draft.key,
-                Author.ASSISTANT,
-                draft.content,
-                id=draft.message_id,
-                status=status,
-                model=draft.model,
-            )
-        )
-        return appended.message
 
     async def _safe_emit(self, key: ConsultationKey, event: ServerEvent) -> None:
         try:
             await self._rooms.to_room(key.room, event)
         except Exception:
             log.exception("could not emit %s to %s", event.name, key.room)
+
+
+def dialogue(messages: list[Message]) -> list[Turn]:
+    """The context in conversation order. Messages sent while a reply streamed were stored
+    before it (their seq is lower), yet came after what it answered: each reply goes right
+    after the message it answered, so the dialogue ends with what is still unanswered (a
+    trailing assistant message would be continued, not answered, by many providers)."""
+
+    def position(message: Message) -> tuple[int, int, int]:
+        if message.role is Author.ASSISTANT and message.answers_seq is not None:
+            return (message.answers_seq, 1, message.seq)
+        return (message.seq, 0, message.seq)
+
+    return [Turn(m.role, m.content) for m in sorted(messages, key=position)]
 
 
 def _error(key: ConsultationKey, error: AppError) -> ErrorEvent:

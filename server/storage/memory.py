@@ -14,6 +14,7 @@ class MemoryStore:
         self._consultations: dict[ConsultationKey, Consultation] = {}
         self._messages: dict[ConsultationKey, list[Message]] = {}
         self._by_client_id: dict[tuple[ConsultationKey, str], Message] = {}
+        self._by_id: dict[str, Message] = {}
 
     async def start(self) -> None:
         return None
@@ -57,9 +58,12 @@ class MemoryStore:
         client_id = message.client_message_id
         if client_id is not None and (message.key, client_id) in self._by_client_id:
             return Appended(self._by_client_id[(message.key, client_id)], created=False)
+        if message.id in self._by_id:  # a reply stored once, even if two instances try
+            return Appended(self._by_id[message.id], created=False)
         log = self._messages.setdefault(message.key, [])
         stored = message.model_copy(update={"seq": len(log) + 1})
         log.append(stored)
+        self._by_id[stored.id] = stored
         if client_id is not None:
             self._by_client_id[(message.key, client_id)] = stored
         return Appended(stored, created=True)

@@ -132,6 +132,8 @@ class MongoStore:
             except _Duplicate as dup:
                 if dup.index == CLIENT_ID_INDEX:
                     return Appended(await self._by_client_id(message), created=False)
+                if dup.index == "_id_":  # a reply stored once, even if two instances try
+                    return Appended(await self._by_id(message.id), created=False)
                 if dup.index != SEQ_INDEX:
                     raise StorageUnavailable("The message conflicts with a stored one") from dup
                 # Another writer took this seq; back off a little to spread retries.
@@ -146,6 +148,13 @@ class MongoStore:
             doc = await self._messages.find_one(query)
         if doc is None:  # the index said it exists: only a concurrent delete could do this
             raise StorageUnavailable("The retried message could not be read back")
+        return _message(doc)
+
+    async def _by_id(self, message_id: str) -> Message:
+        async with _translated("read message"):
+            doc = await self._messages.find_one({"_id": message_id})
+        if doc is None:
+            raise StorageUnavailable("The stored message could not be read back")
         return _message(doc)
 
     async def recent(self, key: ConsultationKey, limit: int) -> list[Message]:

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..broker import Broker
-from ..domain.events import ServerEvent
+from ..domain.events import AiChunk, ServerEvent
 
 log = logging.getLogger(__name__)
 
 HOLD_SECONDS = 0.5  # how long a message waits for a missing one before the store is asked
+STREAMS_REMEMBERED = 8  # replies per room whose chunk indexes are remembered
 FILL_ATTEMPTS = 8
 
 
@@ -111,6 +112,7 @@ class _Pending:
     frame: Frame
     skip: str | None
     seq: int | None
+    chunk: tuple[str, int] | None = None  # (message id, index) of a streamed chunk
 
 
 @dataclass
@@ -121,6 +123,18 @@ class _Room:
     held: deque[_Pending] = field(default_factory=deque)
     timer: asyncio.TimerHandle | None = None
     filling: bool = False
+    chunks: dict[str, int] = field(default_factory=dict)  # message id -> last index delivered
+
+    def seen_chunk(self, chunk: tuple[str, int]) -> bool:
+        """True when this chunk was delivered here before (a takeover sends them again)."""
+        message_id, index = chunk
+        last = self.chunks.get(message_id, -1)
+        if index <= last:
+            return True
+        self.chunks[message_id] = index
+        while len(self.chunks) > STREAMS_REMEMBERED:
+            del self.chunks[next(iter(self.chunks))]
+        return False
 
 
 class RoomHub:
@@ -224,11 +238,12 @@ class RoomHub:
     async def to_room(self, room: str, event: ServerEvent, *, skip: str | None = None) -> None:
         frame = Frame.of(event)
         seq = _seq_of(event)
+        chunk = _chunk_of(event)
         state = self._rooms.get(room)
         if state is not None:
-            self._arrive(room, state, _Pending(frame, skip, seq))
+            self._arrive(room, state, _Pending(frame, skip, seq, chunk))
         if self._broker.distributed:
-            header = [self.instance_id, "r", room, frame.event, skip, seq]
+            header = [self.instance_id, "r", room, frame.event, skip, seq, chunk]
             self._broker.publish(self._broker.room_channel(room), _envelope(header, frame))
 
     async def to_connection(self, connection_id: str, event: ServerEvent) -> None:
@@ -239,7 +254,7 @@ class RoomHub:
         instance = connection_id.rpartition("@")[2]
         if self._broker.distributed and instance and instance != self.instance_id:
             frame = Frame.of(event)
-            header = [self.instance_id, "c", connection_id, frame.event, None, None]
+            header = [self.instance_id, "c", connection_id, frame.event, None, None, None]
             self._broker.publish(self._broker.instance_channel(instance), _envelope(header, frame))
 
     def sync(self, room: str, head_seq: int) -> None:
@@ -257,8 +272,9 @@ class RoomHub:
         """A message from another instance (or our own, coming back: skipped)."""
         try:
             raw_header, _, data = payload.partition(b"\n")
-            origin, kind, target, event, skip, seq = json.loads(raw_header)
+            origin, kind, target, event, skip, seq, chunk = json.loads(raw_header)
             frame = Frame(str(event), data.decode())
+            position = (str(chunk[0]), int(chunk[1])) if chunk else None
         except (ValueError, TypeError, UnicodeDecodeError):
             log.warning("dropped an undecodable broker message (%d bytes)", len(payload))
             return
@@ -271,7 +287,7 @@ class RoomHub:
             return
         state = self._rooms.get(str(target))
         if state is not None:
-            self._arrive(str(target), state, _Pending(frame, skip, seq))
+            self._arrive(str(target), state, _Pending(frame, skip, seq, position))
 
     # -- ordering -------------------------------------------------------------------------------
 
@@ -294,6 +310,8 @@ class RoomHub:
         state.timer = loop.call_later(self._hold, self._start_fill, room, state)
 
     def _deliver(self, state: _Room, pending: _Pending) -> None:
+        if pending.chunk is not None and state.seen_chunk(pending.chunk):
+            return
         if pending.seq is not None:
             state.last_seq = pending.seq
         for connection_id, member in list(state.members.items()):
@@ -378,6 +396,12 @@ class RoomHub:
                     await self._fill_from_store(room, state)
                 finally:
                     state.filling = False
+
+
+def _chunk_of(event: ServerEvent) -> tuple[str, int] | None:
+    if isinstance(event, AiChunk):
+        return (event.message_id, event.index)
+    return None
 
 
 def _seq_of(event: ServerEvent) -> int | None:

@@ -265,9 +265,7 @@ class RawChatEndpoint:
         if frame.error is not None:
             await session.fail(frame.error)
             if frame.id is not None:
-                member.send(
-                    "ack", {"id": frame.id, "data": {"ok": False, "error": frame.error.to_wire()}}
-                )
+                member.ack(frame.id, {"ok": False, "error": frame.error.to_wire()})
             return
         if frame.event == "ping":
             reply = {"timestamp": int(time.time() * 1000)}

@@ -11,6 +11,7 @@ import pytest
 
 from server.coordination import Coordination, in_memory, on_redis
 from server.coordination.buffer import RedisReplyBuffer
+from server.coordination.inflight import RedisReplyRegistry
 from server.coordination.locks import RedisReplyLocks
 from server.coordination.queue import RedisReplyQueue
 from server.coordination.rates import RedisRateLimits
@@ -28,6 +29,7 @@ def on_redis_only(redis: RedisHandle) -> Coordination:
         stops=RedisStopSignals(redis),
         rates=RedisRateLimits(redis),
         registry=RedisConnectionRegistry(redis),
+        inflight=RedisReplyRegistry(redis),
     )
 
 

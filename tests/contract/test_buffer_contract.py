@@ -1,11 +1,16 @@
-"""The ReplyBuffer contract: the text of one reply at a time, chunk by chunk."""
+"""The ReplyBuffer contract: one reply at a time, chunk by chunk, with what is needed to
+continue it elsewhere; appends are fenced by the owner."""
 
 from __future__ import annotations
 
 import asyncio
 
 from server.coordination import Coordination
-from server.domain.ports import Partial
+from server.domain.ports import ReplyDraft
+
+
+def draft(message_id: str = "m1", owner: str = "tok-a", seq: int = 7) -> ReplyDraft:
+    return ReplyDraft(message_id, owner, seq)
 
 
 async def test_the_buffer_accumulates_one_reply_at_a_time(
@@ -13,33 +18,61 @@ async def test_the_buffer_accumulates_one_reply_at_a_time(
 ) -> None:
     buffer = coordination.buffer
     assert await buffer.read(name) is None
-    await buffer.start(name, "m1", 5)
-    assert await buffer.read(name) == Partial("m1", "", -1)
+    await buffer.start(name, draft(), 5)
+    empty = await buffer.read(name)
+    assert empty is not None
+    assert (empty.message_id, empty.content, empty.index, empty.parts) == ("m1", "", -1, ())
+    assert (empty.owner, empty.request_seq, empty.model) == ("tok-a", 7, "")
     for text in ("Hel", "lo ", "wörld 🙂"):
-        await buffer.append(name, "m1", text, 5)
-    assert await buffer.read(name) == Partial("m1", "Hello wörld 🙂", 2)
-    await buffer.append(name, "stale", "ignored", 5)  # not the current reply
+        assert await buffer.append(name, "m1", "tok-a", text, 5) is True
+    partial = await buffer.read(name)
+    assert partial is not None
+    assert (partial.content, partial.index) == ("Hello wörld 🙂", 2)
+    assert partial.parts == ("Hel", "lo ", "wörld 🙂")
+    assert await buffer.append(name, "stale", "tok-a", "ignored", 5) is False  # another reply
     await buffer.clear(name, "stale")  # nor here
-    assert await buffer.read(name) == Partial("m1", "Hello wörld 🙂", 2)
-    await buffer.start(name, "m2", 5)  # the next reply replaces the buffer
-    await buffer.append(name, "m2", "x", 5)
-    assert await buffer.read(name) == Partial("m2", "x", 0)
+    assert (await buffer.read(name)) == partial
+    await buffer.start(name, draft("m2"), 5)  # the next reply replaces the buffer
+    assert await buffer.append(name, "m2", "tok-a", "x", 5)
+    again = await buffer.read(name)
+    assert again is not None and (again.message_id, again.content, again.index) == ("m2", "x", 0)
     await buffer.clear(name, "m2")
     assert await buffer.read(name) is None
+
+
+async def test_only_the_owner_appends_and_a_claim_moves_ownership(
+    coordination: Coordination, name: str
+) -> None:
+    buffer = coordination.buffer
+    await buffer.start(name, draft(owner="dead"), 5)
+    assert await buffer.append(name, "m1", "dead", "half ", 5)
+    await buffer.set_model(name, "m1", "model-7")
+    claimed = await buffer.claim(name, "m1", "taker", 5)
+    assert claimed is not None
+    assert (claimed.content, claimed.index, claimed.owner) == ("half ", 0, "taker")
+    assert (claimed.request_seq, claimed.model) == (7, "model-7")
+    assert await buffer.append(name, "m1", "dead", "stale ", 5) is False  # fenced out
+    assert await buffer.append(name, "m1", "taker", "done", 5) is True
+    final = await buffer.read(name)
+    assert final is not None and final.parts == ("half ", "done")
+    assert await buffer.claim(name, "other", "x", 5) is None
+    await buffer.clear(name, "m1")
+    assert await buffer.claim(name, "m1", "late", 5) is None
 
 
 async def test_the_buffer_expires_with_a_crashed_writer(
     coordination: Coordination, name: str
 ) -> None:
-    await coordination.buffer.start(name, "m1", 0.2)
-    await coordination.buffer.append(name, "m1", "half a sen", 0.2)
+    await coordination.buffer.start(name, draft(), 0.2)
+    await coordination.buffer.append(name, "m1", "tok-a", "half a sen", 0.2)
     await asyncio.sleep(0.35)
     assert await coordination.buffer.read(name) is None
 
 
 async def test_appending_keeps_the_buffer_alive(coordination: Coordination, name: str) -> None:
-    await coordination.buffer.start(name, "m1", 0.4)
+    await coordination.buffer.start(name, draft(), 0.4)
     for _ in range(3):
         await asyncio.sleep(0.2)
-        await coordination.buffer.append(name, "m1", "x", 0.4)
-    assert await coordination.buffer.read(name) == Partial("m1", "xxx", 2)
+        await coordination.buffer.append(name, "m1", "tok-a", "x", 0.4)
+    partial = await coordination.buffer.read(name)
+    assert partial is not None and (partial.content, partial.index) == ("xxx", 2)

@@ -114,6 +114,9 @@ async def test_malformed_frames_get_an_error_and_the_socket_stays_open(
     ack = await client.call("sendMessage", {"consultationId": "raw-bad", "content": "  "})
     assert ack["ok"] is False and ack["error"]["code"] == "invalid_payload"
     assert (await client.call("noSuchEvent"))["error"]["code"] == "unknown_event"
+    await client.send_text('{"id": "no-event", "data": {}}')  # no event, but an id: acked
+    [ack] = await client.wait_for("ack", lambda a: a["id"] == "no-event", raw=True)
+    assert ack["data"]["ok"] is False and ack["data"]["error"]["code"] == "invalid_payload"
     await client.send_text(b"\x00\x01 binary")
     await client.wait_for("error", lambda e: "binary" in e["message"])
     assert (await client.send("raw-bad", "still works"))["seq"] == 1

@@ -10,7 +10,11 @@ It stands in for the paid LLM API only; the server under test talks to it throug
 - ``slow-<ms>``: a normal reply with ``ms`` milliseconds between tokens;
 - ``stamp-<ms>``: as slow, but each token is its own emission time (epoch ms), so a client
   can measure the relay's latency from provider to screen (the benchmark does);
+- ``nocontinue-<any of these>``: as the rest, but a continuation request fails (HTTP 500);
 - anything else: a normal reply with ``token_delay`` between tokens.
+
+A request whose last message is the assistant's is a continuation: the rest of the reply that
+starts with that text is streamed.
 
 A normal reply is ``reply_for(messages)``: it echoes the last user message, so tests know the
 exact text to expect.
@@ -37,7 +41,7 @@ def reply_for(messages: list[dict[str, Any]]) -> str:
 
 
 def tokens_of(text: str) -> list[str]:
-    return re.findall(r"\S+\s*", text)
+    return re.findall(r"\S+\s*|\s+", text)
 
 
 @dataclass
@@ -64,6 +68,12 @@ class FakeOpenAI:
         body = await request.json()
         self.requests.append(body)
         model = str(body.get("model", ""))
+        messages = body["messages"]
+        continuing = bool(messages) and messages[-1]["role"] == "assistant"
+        if model.startswith("nocontinue-"):  # answers, but fails to continue an answer
+            if continuing:
+                return web.json_response({"error": {"message": "no prefill"}}, status=500)
+            model = model.removeprefix("nocontinue-")
         if match := re.fullmatch(r"fail-(\d{3})", model):
             status = int(match.group(1))
             return web.json_response(
@@ -82,7 +92,14 @@ class FakeOpenAI:
             drop_after = int(match.group(1))
         if match := re.fullmatch(r"stall-after-(\d+)", model):
             stall_after = int(match.group(1))
-        tokens = tokens_of(reply_for(body["messages"]))
+        if continuing:
+            # A continuation: the answer so far is the start of the assistant's message; the
+            # rest of the same reply follows (as providers that honour a prefix do).
+            so_far = messages[-1]["content"]
+            full = reply_for(messages[:-1])
+            tokens = tokens_of(full[len(so_far) :] if full.startswith(so_far) else " (continued)")
+        else:
+            tokens = tokens_of(reply_for(messages))
         return await self._stream(
             request,
             model,

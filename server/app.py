@@ -203,7 +203,7 @@ def build(
     components.resources.append(Resource("store", store.start, store.close))
     if redis is not None:
         components.probes["coordination"] = lambda: _check(redis.ping())
-        components.resources.append(Resource("redis", _nothing, redis.close))
+        components.resources.append(Resource("redis", redis.start, redis.close))
 
         async def fanout_state() -> str:
             return hub.state()

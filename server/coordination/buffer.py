@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..domain.ports import Partial, ReplyDraft
+from ..domain.ports import BufferWrite, Partial, ReplyDraft
 from .redis_support import RedisHandle, ms, text
 
 _START = """
@@ -24,6 +24,7 @@ return 1
 """
 _APPEND = """
 local state = redis.call('HMGET', KEYS[1], 'id', 'owner')
+if not state[1] then return -2 end
 if state[1] ~= ARGV[1] or state[2] ~= ARGV[2] then return -1 end
 local parts = KEYS[1] .. ':' .. ARGV[1]
 local length = redis.call('RPUSH', parts, ARGV[3])
@@ -88,13 +89,15 @@ class MemoryReplyBuffer:
 
     async def append(
         self, name: str, message_id: str, owner: str, text: str, ttl_seconds: float
-    ) -> bool:
+    ) -> BufferWrite:
         buffer = self._live(name)
-        if buffer is None or (buffer.draft.message_id, buffer.draft.owner) != (message_id, owner):
-            return False
+        if buffer is None:
+            return BufferWrite.GONE
+        if (buffer.draft.message_id, buffer.draft.owner) != (message_id, owner):
+            return BufferWrite.TAKEN
         buffer.parts.append(text)
         buffer.expires_at = time.monotonic() + ttl_seconds
-        return True
+        return BufferWrite.OK
 
     async def claim(
         self, name: str, message_id: str, owner: str, ttl_seconds: float
@@ -146,11 +149,15 @@ class RedisReplyBuffer:
 
     async def append(
         self, name: str, message_id: str, owner: str, text: str, ttl_seconds: float
-    ) -> bool:
-        length = await self._redis.run(
-            _APPEND, [self._key(name)], [message_id, owner, text, ms(ttl_seconds)]
+    ) -> BufferWrite:
+        length = int(
+            await self._redis.run(
+                _APPEND, [self._key(name)], [message_id, owner, text, ms(ttl_seconds)]
+            )
         )
-        return int(length) > 0
+        if length > 0:
+            return BufferWrite.OK
+        return BufferWrite.GONE if length == -2 else BufferWrite.TAKEN
 
     async def claim(
         self, name: str, message_id: str, owner: str, ttl_seconds: float

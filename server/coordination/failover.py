@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 from ..domain.ports import (
+    BufferWrite,
     ConnectionRegistry,
     Lock,
     Partial,
@@ -135,15 +136,16 @@ class FailoverReplyBuffer:
 
     async def append(
         self, name: str, message_id: str, owner: str, text: str, ttl_seconds: float
-    ) -> bool:
+    ) -> BufferWrite:
         # The buffer lives where the reply started (Redis, or memory during an outage).
-        if await self._fallback.append(name, message_id, owner, text, ttl_seconds):
-            return True
+        local = await self._fallback.append(name, message_id, owner, text, ttl_seconds)
+        if local is BufferWrite.OK:
+            return local
 
-        async def during_outage() -> bool:
-            # A reply started on Redis before it went down has no buffer here: keep
-            # streaming it (nothing can fence it now). One that has was refused above.
-            return await self._fallback.read(name) is None
+        async def during_outage() -> BufferWrite:
+            # Not buffered here (the reply started on Redis before it went down): GONE, and
+            # its owner restores it here for the rest of the outage.
+            return local
 
         return await self._degraded.either(
             lambda: self._primary.append(name, message_id, owner, text, ttl_seconds),

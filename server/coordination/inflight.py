@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from .redis_support import RedisHandle, text, translated
+from .redis_support import RedisHandle, text
 
 _TOUCH = """
 local clock = redis.call('TIME')
@@ -52,7 +52,7 @@ class RedisReplyRegistry:
         await self._redis.run(_TOUCH, [self._key], [name, ttl_seconds])
 
     async def drop(self, name: str) -> None:
-        async with translated():
+        async with self._redis.translated():
             await self._redis.client.zrem(self._key, name)
 
     async def overdue(self, limit: int) -> list[str]:

@@ -2,7 +2,8 @@
 
 Redis: ``SET NX PX`` with a random token; renew and release are Lua scripts that act only
 while the token still matches, so an instance never extends or frees a lock that expired and
-was taken by another. A crashed instance's lock simply expires.
+was taken by another. A crashed instance's lock simply expires. A lock whose key vanished
+without being taken (Redis restarted empty) is re-established by its holder's renewal.
 """
 
 from __future__ import annotations
@@ -10,11 +11,17 @@ from __future__ import annotations
 import time
 import uuid
 
-from .redis_support import RedisHandle, ms, translated
+from .redis_support import RedisHandle, ms
 
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not holder then
+  -- Gone without being taken (Redis restarted empty): the holder keeps it.
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """
@@ -59,9 +66,10 @@ class MemoryReplyLocks:
 
     def renew(self, name: str, token: str, ttl: float) -> bool:
         held = self._locks.get(name)
-        if held is None or held[0] != token or held[1] <= time.monotonic():
-            return False
-        self._locks[name] = (token, time.monotonic() + ttl)
+        now = time.monotonic()
+        if held is not None and held[0] != token and held[1] > now:
+            return False  # another holds it
+        self._locks[name] = (token, now + ttl)  # ours, or free again: ours (as on Redis)
         return True
 
     def release(self, name: str, token: str) -> None:
@@ -94,6 +102,6 @@ class RedisReplyLocks:
 
     async def try_lock(self, name: str, ttl_seconds: float) -> RedisLock | None:
         key, token, ttl_ms = self._redis.key("lock", name), uuid.uuid4().hex, ms(ttl_seconds)
-        async with translated():
+        async with self._redis.translated():
             acquired = await self._redis.client.set(key, token, nx=True, px=ttl_ms)
         return RedisLock(self._redis, key, token, ttl_ms) if acquired else None

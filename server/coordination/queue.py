@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .redis_support import RedisHandle, translated
+from .redis_support import RedisHandle
 
 PENDING_TTL_SECONDS = 3600
 
@@ -29,15 +29,15 @@ class RedisReplyQueue:
         self._redis = redis
 
     async def mark_pending(self, name: str) -> None:
-        async with translated():
+        async with self._redis.translated():
             await self._redis.client.set(
                 self._redis.key("pending", name), "1", ex=PENDING_TTL_SECONDS
             )
 
     async def take_pending(self, name: str) -> bool:
-        async with translated():
+        async with self._redis.translated():
             return await self._redis.client.getdel(self._redis.key("pending", name)) is not None
 
     async def is_pending(self, name: str) -> bool:
-        async with translated():
+        async with self._redis.translated():
             return bool(await self._redis.client.exists(self._redis.key("pending", name)))

@@ -7,6 +7,8 @@ script may touch several of them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -55,6 +57,32 @@ class RedisHandle:
         self.prefix = prefix
         self.cluster = cluster
         self._scripts: dict[str, Any] = {}
+        self._ready = not cluster
+        self._initializing = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Read the cluster's topology now (a Redis that is down at start is not fatal)."""
+        with contextlib.suppress(CoordinationUnavailable):
+            async with self.translated():
+                pass
+
+    async def _ensure_ready(self) -> None:
+        # redis-py's async RedisCluster initializes lazily on its first command, and
+        # concurrent first commands race inside it (a None transport, lost writes): make the
+        # first one alone, under a lock.
+        if self._ready:
+            return
+        async with self._initializing:
+            if not self._ready:
+                await self.client.initialize()
+                self._ready = True
+
+    @asynccontextmanager
+    async def translated(self) -> AsyncIterator[None]:
+        """Around every command: a ready client, and Redis errors as CoordinationUnavailable."""
+        async with translated():
+            await self._ensure_ready()
+            yield
 
     def key(self, kind: str, name: str) -> str:
         return f"{self.prefix}:{kind}:{{{name}}}"
@@ -64,7 +92,7 @@ class RedisHandle:
         registered = self._scripts.get(script)
         if registered is None:
             registered = self._scripts[script] = self.client.register_script(script)
-        async with translated():
+        async with self.translated():
             return await registered(keys=keys, args=args)
 
     def by_slot(self, keys: list[str]) -> list[list[int]]:
@@ -77,7 +105,7 @@ class RedisHandle:
         return list(groups.values())
 
     async def ping(self) -> None:
-        async with translated():
+        async with self.translated():
             await self.client.ping()
 
     async def close(self) -> None:

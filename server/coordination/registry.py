@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from .redis_support import RedisHandle, translated
+from .redis_support import RedisHandle
 
 _ADD = """
 local key = KEYS[1]
@@ -88,5 +88,5 @@ class RedisConnectionRegistry:
                 )
 
     async def remove(self, name: str, member: str) -> None:
-        async with translated():
+        async with self._redis.translated():
             await self._redis.client.zrem(self._redis.key("presence", name), member)

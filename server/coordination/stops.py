@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .redis_support import RedisHandle, ms, translated
+from .redis_support import RedisHandle, ms
 
 
 class MemoryStopSignals:
@@ -24,9 +24,9 @@ class RedisStopSignals:
         self._redis = redis
 
     async def request_stop(self, name: str, ttl_seconds: float) -> None:
-        async with translated():
+        async with self._redis.translated():
             await self._redis.client.set(self._redis.key("stop", name), "1", px=ms(ttl_seconds))
 
     async def take_stop(self, name: str) -> bool:
-        async with translated():
+        async with self._redis.translated():
             return await self._redis.client.getdel(self._redis.key("stop", name)) is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
 
 from .events import ServerEvent
@@ -171,6 +172,12 @@ class Partial:
     parts: tuple[str, ...] = ()  # the chunks' texts, by index
 
 
+class BufferWrite(StrEnum):
+    OK = "ok"
+    TAKEN = "taken"  # another instance owns the reply now (or another reply is buffered)
+    GONE = "gone"  # nothing is buffered (Redis restarted empty): the owner may restore it
+
+
 class ReplyBuffer(Protocol):
     """The partial-reply buffer: the text of the reply streaming in a consultation, so far."""
 
@@ -180,9 +187,10 @@ class ReplyBuffer(Protocol):
 
     async def append(
         self, name: str, message_id: str, owner: str, text: str, ttl_seconds: float
-    ) -> bool:
+    ) -> BufferWrite:
         """Add one chunk's text, only while ``message_id`` is the buffered reply and ``owner``
-        streams it; False otherwise (another instance took it over: stop)."""
+        streams it: TAKEN when another instance took it over (stop), GONE when nothing is
+        buffered any more."""
         ...
 
     async def claim(

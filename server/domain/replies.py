@@ -27,15 +27,16 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import AppError, AssistantUnavailable, ReplyInterrupted
+from ..errors import AppError, AssistantUnavailable, ReplyInterrupted, StorageUnavailable
 from .events import AiChunk, AiMessage, AiThinking, ErrorEvent, ServerEvent
 from .models import Author, ConsultationKey, Message, MessageStatus, new_id
 from .ports import (
     Assistant,
+    BufferWrite,
     Lock,
     MessageStore,
     Partial,
@@ -52,7 +53,10 @@ from .ports import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 STOP_POLL_SECONDS = 0.2
+STORE_PATIENCE_SECONDS = 60.0  # how long a finished reply waits for the database
 REAP_BATCH = 50
 
 
@@ -82,6 +86,7 @@ class _Draft:
     # the text streamed before as the first part)
     model: str | None = None
     next_index: int = 0
+    chunks: list[str] = field(default_factory=list)  # the texts of the chunks sent, by index
     sent_parts: int = 0  # how many of the parts went out in chunks
     streaming: bool = True  # the flusher stops once this is False
     lost: bool = False
@@ -230,8 +235,13 @@ class ReplyService:
                 try:
                     # The lock is new: a reply still buffered was its dead holder's.
                     await self._continue_orphan(key, lock)
-                    while await self._queue.take_pending(name):
-                        await self._reply_once(key, lock)
+                    answered = True
+                    # The store is the truth: a question stored after the last reply is
+                    # answered even if its pending flag was lost (Redis restarted empty).
+                    while await self._queue.take_pending(name) or (
+                        answered and await self._unanswered(key)
+                    ):
+                        answered = await self._reply_once(key, lock)
                 except _Lost:
                     log.warning("the reply in %s was taken over by another instance", name)
                     return  # the new owner answers what is pending, and holds the lock
@@ -248,13 +258,24 @@ class ReplyService:
         except Exception:
             log.exception("reply for %s failed", name)
 
-    async def _reply_once(self, key: ConsultationKey, lock: Lock) -> None:
+    async def _unanswered(self, key: ConsultationKey) -> bool:
+        """Whether the newest stored question came after the newest reply's context."""
+        recent = await self._store.recent(key, self._settings.context_messages)
+        answered_up_to = max(
+            (m.answers_seq or m.seq for m in recent if m.role is Author.ASSISTANT), default=0
+        )
+        return any(m.role is Author.USER and m.seq > answered_up_to for m in recent)
+
+    async def _reply_once(self, key: ConsultationKey, lock: Lock) -> bool:
+        """One reply; True when one was stored."""
         name, cid = key.room, key.consultation_id
         await self._rooms.to_room(name, AiThinking(consultation_id=cid, status="processing"))
         lost = False
         try:
             await self._stops.take_stop(name)  # a stop sent before this reply is not for it
-            history = await self._store.recent(key, self._settings.context_messages)
+            history = await self._patiently(
+                lambda: self._store.recent(key, self._settings.context_messages), lock
+            )
             request = ReplyRequest(
                 system_prompt=self._settings.system_prompt, turns=dialogue(history)
             )
@@ -266,7 +287,7 @@ class ReplyService:
             )
             started = ReplyDraft(draft.message_id, draft.owner, draft.request_seq)
             await self._buffer.start(name, started, self._buffer_ttl)
-            await self._stream(draft, request, lock)
+            return await self._stream(draft, request, lock)
         except _Lost:
             lost = True  # the new owner ends the reply, "done" included
             raise
@@ -319,6 +340,7 @@ class ReplyService:
             parts=list(partial.parts),
             model=partial.model or None,
             next_index=partial.index + 1,
+            chunks=list(partial.parts),
             sent_parts=len(partial.parts),
         )
         # Chunks the dead instance emitted but never got to publish are sent again: instances
@@ -337,7 +359,7 @@ class ReplyService:
         lost = False
         try:
             if not self._settings.resume:
-                await self._finish(draft, stopped=False, failure=ReplyInterrupted())
+                await self._finish(draft, stopped=False, failure=ReplyInterrupted(), lock=lock)
                 return
             history = await self._store.after(
                 key,
@@ -360,8 +382,9 @@ class ReplyService:
 
     # -- streaming ------------------------------------------------------------------------------
 
-    async def _stream(self, draft: _Draft, request: ReplyRequest, lock: Lock) -> None:
-        """Stream the reply and store it; raises _Lost when another instance took it over."""
+    async def _stream(self, draft: _Draft, request: ReplyRequest, lock: Lock) -> bool:
+        """Stream the reply and store it (True when stored); raises _Lost when another
+        instance took it over."""
         name = draft.key.room
         self.streaming_now.add(name)
         try:
@@ -370,7 +393,7 @@ class ReplyService:
             failure = None if stopped else consumer.result()
             if draft.lost:
                 raise _Lost()
-            await self._finish(draft, stopped, failure)
+            return await self._finish(draft, stopped, failure, lock)
         finally:
             self.streaming_now.discard(name)
 
@@ -471,13 +494,29 @@ class ReplyService:
         buffer (and drops the live copy by its index), a takeover continues after it, and an
         instance that lost the reply is refused here and emits nothing."""
         name = draft.key.room
-        if not await self._buffer.append(
+        written = await self._buffer.append(
             name, draft.message_id, draft.owner, text, self._buffer_ttl
-        ):
+        )
+        if written is BufferWrite.GONE:
+            # Redis restarted empty under a live reply: its owner puts the buffer back.
+            await self._restore_buffer(draft)
+            written = await self._buffer.append(
+                name, draft.message_id, draft.owner, text, self._buffer_ttl
+            )
+        if written is not BufferWrite.OK:
             draft.lost = True
             return False
+        draft.chunks.append(text)
         await self._rooms.to_room(name, draft.chunk(text, complete))
         return True
+
+    async def _restore_buffer(self, draft: _Draft) -> None:
+        name = draft.key.room
+        started = ReplyDraft(draft.message_id, draft.owner, draft.request_seq, draft.model or "")
+        await self._buffer.start(name, started, self._buffer_ttl)
+        for text in draft.chunks:
+            await self._buffer.append(name, draft.message_id, draft.owner, text, self._buffer_ttl)
+        log.info("restored the buffer of reply %s in %s", draft.message_id, name)
 
     async def _wait_unless_stopped(
         self, name: str, consumer: asyncio.Task[AppError | None]
@@ -495,8 +534,28 @@ class ReplyService:
             await _cancel(consumer)
             raise
 
-    async def _finish(self, draft: _Draft, stopped: bool, failure: AppError | None) -> None:
+    async def _patiently(self, operation: Callable[[], Awaitable[T]], lock: Lock) -> T:
+        """Retry ``operation`` while the store is unavailable (keeping the reply's lock),
+        for up to STORE_PATIENCE_SECONDS."""
+        deadline = time.monotonic() + STORE_PATIENCE_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                return await operation()
+            except StorageUnavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 3.0)
+                if not await lock.renew():
+                    raise _Lost() from None
+
+    async def _finish(
+        self, draft: _Draft, stopped: bool, failure: AppError | None, lock: Lock
+    ) -> bool:
+        """End the reply: the last chunk, the stored message, errors. True when stored."""
         key, name = draft.key, draft.key.room
+        stored = False
         if not draft.content:
             await self._buffer.clear(name, draft.message_id)
             if failure is None and not stopped:
@@ -506,24 +565,24 @@ class ReplyService:
             # flush short): all chunks concatenated always equal the stored reply.
             if not await self._emit_chunk(draft, draft.unsent(), complete=True):
                 raise _Lost()
-            try:
-                appended = await self._store.append(
-                    Message.new(
-                        key,
-                        Author.ASSISTANT,
-                        draft.content,
-                        id=draft.message_id,
-                        status=_status(stopped, failure),
-                        model=draft.model,
-                        answers_seq=draft.request_seq or None,
-                    )
-                )
-            finally:
-                await self._buffer.clear(name, draft.message_id)
+            reply = Message.new(
+                key,
+                Author.ASSISTANT,
+                draft.content,
+                id=draft.message_id,
+                status=_status(stopped, failure),
+                model=draft.model,
+                answers_seq=draft.request_seq or None,
+            )
+            # What the room saw must reach the history: through a database outage too.
+            appended = await self._patiently(lambda: self._store.append(reply), lock)
+            await self._buffer.clear(name, draft.message_id)
+            stored = True
             if appended.created:
                 await self._rooms.to_room(name, AiMessage(message=appended.message))
         if failure is not None:
             await self._rooms.to_room(name, _error(key, failure))
+        return stored
 
     async def _safe_emit(self, key: ConsultationKey, event: ServerEvent) -> None:
         try:

@@ -49,6 +49,7 @@ async def coordination(request: pytest.FixtureRequest) -> AsyncIterator[Coordina
     redis = RedisHandle(
         url, prefix=f"test-{uuid.uuid4().hex[:8]}", cluster=request.param == "redis-cluster"
     )
+    await redis.start()
     yield on_redis(redis) if request.param.startswith("failover") else on_redis_only(redis)
     await redis.close()
 

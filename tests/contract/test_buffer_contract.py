@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from server.coordination import Coordination
-from server.domain.ports import ReplyDraft
+from server.domain.ports import BufferWrite, ReplyDraft
 
 
 def draft(message_id: str = "m1", owner: str = "tok-a", seq: int = 7) -> ReplyDraft:
@@ -24,20 +24,22 @@ async def test_the_buffer_accumulates_one_reply_at_a_time(
     assert (empty.message_id, empty.content, empty.index, empty.parts) == ("m1", "", -1, ())
     assert (empty.owner, empty.request_seq, empty.model) == ("tok-a", 7, "")
     for text in ("Hel", "lo ", "wörld 🙂"):
-        assert await buffer.append(name, "m1", "tok-a", text, 5) is True
+        assert await buffer.append(name, "m1", "tok-a", text, 5) is BufferWrite.OK
     partial = await buffer.read(name)
     assert partial is not None
     assert (partial.content, partial.index) == ("Hello wörld 🙂", 2)
     assert partial.parts == ("Hel", "lo ", "wörld 🙂")
-    assert await buffer.append(name, "stale", "tok-a", "ignored", 5) is False  # another reply
+    assert await buffer.append(name, "stale", "tok-a", "ignored", 5) is BufferWrite.TAKEN
     await buffer.clear(name, "stale")  # nor here
     assert (await buffer.read(name)) == partial
     await buffer.start(name, draft("m2"), 5)  # the next reply replaces the buffer
-    assert await buffer.append(name, "m2", "tok-a", "x", 5)
+    assert await buffer.append(name, "m2", "tok-a", "x", 5) is BufferWrite.OK
     again = await buffer.read(name)
     assert again is not None and (again.message_id, again.content, again.index) == ("m2", "x", 0)
     await buffer.clear(name, "m2")
     assert await buffer.read(name) is None
+    # Gone (Redis restarted empty): said apart from taken, so the owner can restore it.
+    assert await buffer.append(name, "m2", "tok-a", "x", 5) is BufferWrite.GONE
 
 
 async def test_only_the_owner_appends_and_a_claim_moves_ownership(
@@ -45,14 +47,14 @@ async def test_only_the_owner_appends_and_a_claim_moves_ownership(
 ) -> None:
     buffer = coordination.buffer
     await buffer.start(name, draft(owner="dead"), 5)
-    assert await buffer.append(name, "m1", "dead", "half ", 5)
+    assert await buffer.append(name, "m1", "dead", "half ", 5) is BufferWrite.OK
     await buffer.set_model(name, "m1", "model-7")
     claimed = await buffer.claim(name, "m1", "taker", 5)
     assert claimed is not None
     assert (claimed.content, claimed.index, claimed.owner) == ("half ", 0, "taker")
     assert (claimed.request_seq, claimed.model) == (7, "model-7")
-    assert await buffer.append(name, "m1", "dead", "stale ", 5) is False  # fenced out
-    assert await buffer.append(name, "m1", "taker", "done", 5) is True
+    assert await buffer.append(name, "m1", "dead", "stale ", 5) is BufferWrite.TAKEN
+    assert await buffer.append(name, "m1", "taker", "done", 5) is BufferWrite.OK
     final = await buffer.read(name)
     assert final is not None and final.parts == ("half ", "done")
     assert await buffer.claim(name, "other", "x", 5) is None

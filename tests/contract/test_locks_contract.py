@@ -51,3 +51,16 @@ async def test_renew_extends_the_expiry(coordination: Coordination, name: str) -
 async def test_concurrent_takers_get_one_lock(coordination: Coordination, name: str) -> None:
     taken = await asyncio.gather(*(coordination.locks.try_lock(name, 5) for _ in range(10)))
     assert sum(lock is not None for lock in taken) == 1
+
+
+async def test_a_holder_whose_lock_vanished_untaken_keeps_it_by_renewing(
+    coordination: Coordination, name: str
+) -> None:
+    # Redis restarted empty (or the lock expired while its holder was slow, and nobody took
+    # it): the holder's renewal makes it its own again, and nobody else can take it.
+    lock = await coordination.locks.try_lock(name, 0.2)
+    assert lock is not None
+    await asyncio.sleep(0.35)
+    assert await lock.renew() is True
+    assert await coordination.locks.try_lock(name, 5) is None
+    await lock.release()

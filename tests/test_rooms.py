@@ -194,3 +194,91 @@ async def test_join_returns_only_once_the_room_subscription_is_in_place() -> Non
     await asyncio.gather(b.join(first.id, ROOM), b.join(second.id, ROOM))  # one subscription
     await a.to_room(ROOM, chunk(0))  # right after the joins returned
     await eventually(lambda: first.names() == ["aiChunk"] and second.names() == ["aiChunk"])
+
+
+async def test_a_first_join_holds_what_arrives_until_its_history_says_where_the_store_is() -> None:
+    store = Store()
+    a, b = await instances(store)
+    joiner = Recorder("joiner@b")
+    b.attach(joiner)
+    await b.join(joiner.id, ROOM, ordered=True)
+    # Published by two instances, arriving out of order while the joiner reads history:
+    # 2 must not become the baseline, or 1 would later be dropped as already delivered.
+    for seq in (1, 2):
+        store.events[seq] = message(seq)
+    await a.to_room(ROOM, message(2))
+    await a.to_room(ROOM, message(1))
+    await eventually(lambda: len(b._rooms[ROOM].held) == 2)
+    assert joiner.frames == []
+    b.sync(ROOM, 0)  # its history was read before either was stored
+    await eventually(lambda: joiner.seqs() == [1, 2])
+
+
+async def test_what_the_joiners_history_had_is_not_delivered_again() -> None:
+    a, b = await instances(Store())
+    joiner = Recorder("joiner@b")
+    b.attach(joiner)
+    await b.join(joiner.id, ROOM, ordered=True)
+    await a.to_room(ROOM, message(1))
+    await a.to_room(ROOM, message(2))
+    await eventually(lambda: len(b._rooms[ROOM].held) == 2)
+    b.sync(ROOM, 1)  # its history already held 1
+    await eventually(lambda: joiner.seqs() == [2])
+    await a.to_room(ROOM, message(3))
+    await eventually(lambda: joiner.seqs() == [2, 3])
+
+
+async def test_a_join_that_never_syncs_releases_the_room(monkeypatch: object) -> None:
+    from server.transport import rooms
+
+    setattr(rooms, "SYNC_WAIT_SECONDS", 0.1)  # noqa: B010 (module constant, test scope)
+    try:
+        a, b = await instances(Store())
+        joiner = Recorder("joiner@b")
+        b.attach(joiner)
+        await b.join(joiner.id, ROOM, ordered=True)
+        await a.to_room(ROOM, message(4))
+        await eventually(lambda: joiner.seqs() == [4])
+    finally:
+        setattr(rooms, "SYNC_WAIT_SECONDS", 5.0)  # noqa: B010
+
+
+async def test_messages_held_behind_a_gap_stay_in_seq_order_whatever_their_arrival() -> None:
+    # The chaos run found this: with 55 delivered, 58 arrives, then 57, then 56. Queued in
+    # arrival order, 57 sat behind 58 for good (draining looks at the head of the queue).
+    a, b = await instances(Store(), hold=5)
+    remote = await member_of(b, "remote")
+    for seq in range(1, 56):
+        await a.to_room(ROOM, message(seq))
+    await eventually(lambda: len(remote.seqs()) == 55)
+    for seq in (58, 57, 56):
+        await a.to_room(ROOM, message(seq))
+    await eventually(lambda: remote.seqs()[55:] == [56, 57, 58], timeout=3)
+
+
+async def test_a_joiner_is_not_sent_again_what_its_join_returned() -> None:
+    a, b = await instances(Store())
+    early = await member_of(b, "early")
+    await a.to_room(ROOM, message(1))
+    await eventually(lambda: early.seqs() == [1])
+    joiner = Recorder("joiner@b")
+    b.attach(joiner)
+    await b.join(joiner.id, ROOM, ordered=True)
+    await a.to_room(ROOM, message(2))  # stored before the joiner read its history ...
+    b.sync(ROOM, 2, joiner.id)  # ... so its join returned it
+    await a.to_room(ROOM, message(3))
+    await eventually(lambda: joiner.seqs() == [3] and early.seqs() == [1, 2, 3])
+
+
+async def test_a_joiner_gets_a_message_once_even_when_it_arrives_during_its_history_read() -> None:
+    a, b = await instances(Store())
+    early = await member_of(b, "early")
+    joiner = Recorder("joiner@b")
+    b.attach(joiner)
+    await b.join(joiner.id, ROOM, ordered=True)
+    await a.to_room(ROOM, message(1))  # delivered while the joiner still reads history
+    await eventually(lambda: early.seqs() == [1])
+    assert joiner.frames == []  # it waits for its join's answer
+    b.sync(ROOM, 1, joiner.id)  # the answer had 1
+    await a.to_room(ROOM, message(2))
+    await eventually(lambda: joiner.seqs() == [2])

@@ -59,21 +59,37 @@ class ConsultationService:
             raise Forbidden()
         # Enter the room before reading history: a message stored in between is then seen
         # live (clients de-duplicate by seq) instead of being missed.
-        await self._rooms.join(connection_id, key.room)
-        # Read the partial reply before the history: if the reply is stored in between, it is
-        # in the history and the stale partial is dropped below; never the other way round.
-        streaming = await self._replies.streaming(key)
-        messages = await self._page(
-            key,
-            last_seq,
-            recent=self.limits.history_page_size,
-            after=self.limits.max_history_page_size,
-        )
+        entered = await self._rooms.join(connection_id, key.room, ordered=True)
+        try:
+            # Read the partial reply before the history: if the reply is stored in between,
+            # it is in the history and the stale partial is dropped below; never the other
+            # way round.
+            streaming = await self._replies.streaming(key)
+            # Where the store is, for the room hub: never past what this join returns (or
+            # the client has), never taken from the client's lastSeq alone. Read before the
+            # page: whatever is stored after it is in the page.
+            before = await self._head(key) if last_seq is not None else 0
+            messages = await self._page(
+                key,
+                last_seq,
+                recent=self.limits.history_page_size,
+                after=self.limits.max_history_page_size,
+            )
+            newest = messages[-1].seq if messages else 0
+            truncated = len(messages) >= self.limits.max_history_page_size
+            head = newest if last_seq is None or truncated else max(newest, min(before, last_seq))
+        except BaseException:
+            if entered:  # the client was told its join failed: not a member
+                await self._rooms.leave(connection_id, key.room)
+            raise
+        self._rooms.sync(key.room, head, connection_id)
         if streaming is not None and any(m.id == streaming.message_id for m in messages):
             streaming = None
-        if messages:
-            self._rooms.sync(key.room, messages[-1].seq)
         return Joined(consultation, messages, streaming)
+
+    async def _head(self, key: ConsultationKey) -> int:
+        newest = await self._store.recent(key, 1)
+        return newest[-1].seq if newest else 0
 
     async def missed(self, room: str, after_seq: int) -> list[ServerEvent]:
         """The stored messages of a consultation's room after ``after_seq``, as the events that

@@ -273,8 +273,10 @@ class TokenVerifier(Protocol):
 class Rooms(Protocol):
     """Room membership and delivery, the same for every transport and across instances."""
 
-    async def join(self, connection_id: str, room: str) -> None:
-        """Add a local connection to a room; every later broadcast to it reaches it."""
+    async def join(self, connection_id: str, room: str, *, ordered: bool = False) -> bool:
+        """Add a local connection to a room; every later broadcast to it reaches it once this
+        returns. True when it was not a member. In an ``ordered`` room (a consultation, whose
+        stored messages carry a seq) the joiner then calls ``sync``."""
         ...
 
     async def leave(self, connection_id: str, room: str) -> None: ...
@@ -283,9 +285,10 @@ class Rooms(Protocol):
         """The connection is gone: leave every room it was in."""
         ...
 
-    def sync(self, room: str, head_seq: int) -> None:
-        """The store holds the room's messages up to ``head_seq`` (as a join just read it):
-        members of this instance that lack some of them receive them."""
+    def sync(self, room: str, head_seq: int, connection_id: str | None = None) -> None:
+        """The store holds the room's messages up to ``head_seq`` (as the join of
+        ``connection_id`` just returned them): members of this instance that lack some of them
+        receive them, and the joiner is not sent them again."""
         ...
 
     async def to_room(self, room: str, event: ServerEvent, *, skip: str | None = None) -> None:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 HOLD_SECONDS = 0.5  # how long a message waits for a missing one before the store is asked
 STREAMS_REMEMBERED = 8  # replies per room whose chunk indexes are remembered
+SYNC_WAIT_SECONDS = 5.0  # a first join that never syncs (it failed) releases the room
 FILL_ATTEMPTS = 8
 
 
@@ -123,6 +124,9 @@ class _Room:
     held: deque[_Pending] = field(default_factory=deque)
     timer: asyncio.TimerHandle | None = None
     filling: bool = False
+    syncing: bool = False  # a first join is reading history: hold what arrives
+    floors: dict[str, int] = field(default_factory=dict)  # member -> seq its join returned
+    waiting: dict[str, list[_Pending]] = field(default_factory=dict)  # joiners not synced
     chunks: dict[str, int] = field(default_factory=dict)  # message id -> last index delivered
 
     def seen_chunk(self, chunk: tuple[str, int]) -> bool:
@@ -190,22 +194,36 @@ class RoomHub:
     def connection_ids(self) -> list[str]:
         return list(self._members)
 
-    async def join(self, connection_id: str, room: str) -> None:
+    async def join(self, connection_id: str, room: str, *, ordered: bool = False) -> bool:
+        """Add a member; True when it was not in the room. An ``ordered`` room (stored
+        messages with a seq) holds what arrives until ``sync`` says where the store is."""
         member = self._members.get(connection_id)
         if member is None:
-            return  # gone while its join was on the way
+            return False  # gone while its join was on the way
         state = self._rooms.get(room)
         if state is None:
-            state = self._rooms[room] = _Room()
+            state = self._rooms[room] = _Room(syncing=ordered)
+            if ordered:
+                # A join that never syncs (it failed) must not hold the room for long.
+                loop = asyncio.get_running_loop()
+                state.timer = loop.call_later(SYNC_WAIT_SECONDS, self._end_sync, room, state, None)
             if self._broker.distributed:
                 state.subscribed = asyncio.ensure_future(
                     self._broker.subscribe(self._broker.room_channel(room))
                 )
+        added = connection_id not in state.members
+        if ordered and not state.syncing:
+            # Joining a room already here: its deliveries wait for its join's history read,
+            # so none is sent twice (live and in the join's answer).
+            state.waiting[connection_id] = []
+            loop = asyncio.get_running_loop()
+            loop.call_later(SYNC_WAIT_SECONDS, self._release, state, connection_id, None)
         state.members[connection_id] = member
         self._memberships.setdefault(connection_id, set()).add(room)
         if state.subscribed is not None:
             # Every later broadcast to the room reaches this member once this returns.
             await asyncio.shield(state.subscribed)
+        return added
 
     async def leave(self, connection_id: str, room: str) -> None:
         rooms = self._memberships.get(connection_id)
@@ -214,6 +232,8 @@ class RoomHub:
         state = self._rooms.get(room)
         if state is None or state.members.pop(connection_id, None) is None:
             return
+        state.floors.pop(connection_id, None)
+        state.waiting.pop(connection_id, None)
         if not state.members:
             del self._rooms[room]
             if state.timer is not None:
@@ -257,16 +277,54 @@ class RoomHub:
             header = [self.instance_id, "c", connection_id, frame.event, None, None, None]
             self._broker.publish(self._broker.instance_channel(instance), _envelope(header, frame))
 
-    def sync(self, room: str, head_seq: int) -> None:
-        """The store holds the room's messages up to ``head_seq`` (read by a join): start
-        counting from there, or fetch what this instance's members have not seen."""
+    def sync(self, room: str, head_seq: int, connection_id: str | None = None) -> None:
+        """The store holds the room's messages up to ``head_seq`` (read by a join, after the
+        subscription): count from there, or fetch what this instance's members lack. The
+        joining connection has them all from its join: none is delivered to it again."""
         state = self._rooms.get(room)
-        if state is None or head_seq <= 0:
+        if state is None:
             return
-        if state.last_seq is None:
+        if connection_id is not None and connection_id in state.members:
+            state.floors[connection_id] = head_seq
+            self._release(state, connection_id, head_seq)
+        if state.syncing:
+            self._end_sync(room, state, head_seq)
+        elif state.last_seq is None:
             state.last_seq = head_seq
         elif head_seq > state.last_seq and not state.held and not state.filling:
             self._start_fill(room, state)
+
+    def _release(self, state: _Room, connection_id: str, head_seq: int | None) -> None:
+        """A joiner's history read is done (or took too long): what waited for it goes out,
+        but what its join returned."""
+        waited = state.waiting.pop(connection_id, None)
+        member = state.members.get(connection_id)
+        if waited is None or member is None:
+            return
+        for pending in waited:
+            if pending.seq is not None and head_seq is not None and pending.seq <= head_seq:
+                continue
+            if connection_id != pending.skip:
+                member.deliver(pending.frame)
+
+    def _end_sync(self, room: str, state: _Room, head_seq: int | None) -> None:
+        """The joiner's history reaches ``head_seq``: what arrived meanwhile is delivered in
+        order from there (older ones the joiner has from its history). Without a head (the
+        join failed) they go out as they came."""
+        if not state.syncing or self._rooms.get(room) is not state:
+            return
+        state.syncing = False
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
+        waiting, state.held = list(state.held), deque()
+        if head_seq is not None:
+            state.last_seq = max(head_seq, state.last_seq or 0)
+        elif state.last_seq is None:  # no head: start before the oldest that came
+            seqs = [p.seq for p in waiting if p.seq is not None]
+            state.last_seq = min(seqs) - 1 if seqs else None
+        for pending in waiting:  # in arrival order: seq gaps are waited for as usual
+            self._arrive(room, state, pending)
 
     def _receive(self, payload: bytes) -> None:
         """A message from another instance (or our own, coming back: skipped)."""
@@ -292,6 +350,9 @@ class RoomHub:
     # -- ordering -------------------------------------------------------------------------------
 
     def _arrive(self, room: str, state: _Room, pending: _Pending) -> None:
+        if state.syncing:
+            state.held.append(pending)  # until the joiner's history says where the store is
+            return
         seq = pending.seq
         if seq is not None and state.last_seq is not None and seq <= state.last_seq:
             return  # already delivered here (a duplicate, or the store filled it in)
@@ -300,7 +361,7 @@ class RoomHub:
                 self._deliver(state, pending)  # the missing one: it goes first
                 self._drain(state)
             else:
-                state.held.append(pending)
+                _hold(state.held, pending)
             return
         if seq is None or state.last_seq is None or seq == state.last_seq + 1:
             self._deliver(state, pending)
@@ -314,7 +375,13 @@ class RoomHub:
             return
         if pending.seq is not None:
             state.last_seq = pending.seq
+        floors, waiting = state.floors, state.waiting
         for connection_id, member in list(state.members.items()):
+            if waiting and connection_id in waiting:
+                waiting[connection_id].append(pending)
+                continue
+            if floors and pending.seq is not None and pending.seq <= floors.get(connection_id, 0):
+                continue  # it has this one from its join
             if connection_id != pending.skip:
                 try:
                     member.deliver(pending.frame)
@@ -396,6 +463,17 @@ class RoomHub:
                     await self._fill_from_store(room, state)
                 finally:
                     state.filling = False
+
+
+def _hold(held: deque[_Pending], pending: _Pending) -> None:
+    """Queue behind a gap, keeping stored messages in seq order: one that arrives after a
+    later one goes before it (the queue is drained from its head)."""
+    if pending.seq is not None:
+        for position, waiting in enumerate(held):
+            if waiting.seq is not None and waiting.seq > pending.seq:
+                held.insert(position, pending)
+                return
+    held.append(pending)
 
 
 def _chunk_of(event: ServerEvent) -> tuple[str, int] | None:

@@ -63,10 +63,11 @@ class Client:
     errors: dict[str, int] = field(default_factory=dict)
     _lost_at: float | None = None
     _joined: bool = False
+    _ever_connected: bool = False
 
     def __post_init__(self) -> None:
         self.sio = socketio.AsyncClient(
-            reconnection=True,
+            reconnection=True,  # as socket.io-client in a browser: reconnect by itself
             reconnection_delay=0.2,
             reconnection_delay_max=2,
             http_session=self._session,
@@ -102,44 +103,55 @@ class Client:
             seq += 1
         return seq
 
-    async def _ensure_joined(self, stop: asyncio.Event) -> bool:
-        while not stop.is_set():
+    async def _connected(self, stop: asyncio.Event) -> bool:
+        """Connected: the first time by connecting; afterwards python-socketio reconnects by
+        itself (as socket.io-client does in a browser), and we only wait for it."""
+        while not self.sio.connected and not stop.is_set():
+            if self._ever_connected:
+                await asyncio.sleep(0.1)
+                continue
             try:
-                if not self.sio.connected:
-                    with contextlib.suppress(socketio.exceptions.ConnectionError):
-                        await self.sio.connect(
-                            self.url,
-                            namespaces=[NAMESPACE],
-                            auth={"token": token(self.consultation)},
-                            transports=["websocket"],
-                            wait_timeout=5,
-                        )
-                    if not self.sio.connected:
-                        await asyncio.sleep(0.5)
-                        continue
-                if not self._joined:
-                    ack = await self.sio.call(
-                        "joinConsultation",
-                        {"consultationId": self.consultation, "lastSeq": self.contiguous()},
-                        namespace=NAMESPACE,
-                        timeout=5,
-                    )
-                    if not ack.get("ok"):
-                        self._count(ack["error"]["code"])
-                        await asyncio.sleep(0.5)
-                        continue
-                    for message in ack["messages"]:
-                        self.view[message["seq"]] = message["id"]
-                        self.trace.append((time.monotonic(), "join", message["seq"]))
-                    self.trace.append((time.monotonic(), f"joined after {self.contiguous()}", 0))
-                    self._joined = True
-                    if self._lost_at is not None:
-                        self.recoveries.append(time.monotonic() - self._lost_at)
-                        self._lost_at = None
+                await self.sio.connect(
+                    self.url,
+                    namespaces=[NAMESPACE],
+                    auth={"token": token(self.consultation)},
+                    transports=["websocket"],
+                    wait_timeout=5,
+                )
+                self._ever_connected = True
+            except socketio.exceptions.ConnectionError as exc:
+                self._count(f"connect refused: {exc}")
+                await asyncio.sleep(0.5)
+        return self.sio.connected
+
+    async def _ensure_joined(self, stop: asyncio.Event) -> bool:
+        while await self._connected(stop):
+            if self._joined:
                 return True
+            try:
+                ack = await self.sio.call(
+                    "joinConsultation",
+                    {"consultationId": self.consultation, "lastSeq": self.contiguous()},
+                    namespace=NAMESPACE,
+                    timeout=5,
+                )
             except (socketio.exceptions.SocketIOError, TimeoutError, OSError):
                 self._count("timeout or disconnect")
                 await asyncio.sleep(0.5)
+                continue
+            if not ack.get("ok"):
+                self._count(ack["error"]["code"])
+                await asyncio.sleep(0.5)
+                continue
+            for message in ack["messages"]:
+                self.view[message["seq"]] = message["id"]
+                self.trace.append((time.monotonic(), "join", message["seq"]))
+            self.trace.append((time.monotonic(), f"joined after {self.contiguous()}", 0))
+            self._joined = True
+            if self._lost_at is not None:
+                self.recoveries.append(time.monotonic() - self._lost_at)
+                self._lost_at = None
+            return True
         return False
 
     async def send(self, content: str, stop: asyncio.Event) -> None:
@@ -179,6 +191,7 @@ class Client:
 
     def _count(self, what: str) -> None:
         self.errors[what] = self.errors.get(what, 0) + 1
+        self.trace.append((time.monotonic(), f"error {what}", 0))
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -310,27 +323,8 @@ def report(
     missing = [cid for cid, mid in acked.items() if mid not in stored_ids]
     duplicates = sum(n - 1 for n in by_client_id.values()) + len(stored) - len(stored_ids)
     duplicates += sum(c.live_twice for c in clients)
-    differing = []
-    for c in clients:
-        expected = {m["seq"]: str(m["_id"]) for m in store.get(c.consultation, [])}
-        if c.view != expected:
-            missing_seqs = sorted(set(expected) - set(c.view))
-            wrong = sorted(s for s in c.view if s in expected and c.view[s] != expected[s])
-            extra = sorted(set(c.view) - set(expected))
-            differing.append(c.name)
-            stack.note(
-                f"{c.name} ({c.consultation}) lacks seqs {missing_seqs[:10]}, "
-                f"differs at {wrong[:10]}, has extra {extra[:10]}"
-            )
-            if missing_seqs:
-                first = missing_seqs[0]
-                for at, how, seq in c.trace:
-                    if how.startswith(("disconnected", "joined")) or abs(seq - first) <= 3:
-                        stack.note(f"    {at - stack.started:6.2f}s {how} {seq or ''}")
-    for c in clients:
-        for at, how, seq in c.trace:
-            if how == "live again":
-                stack.note(f"{c.name}: seq {seq} delivered again at {at - stack.started:.2f}s")
+    differing = [c for c in clients if c.view != _expected(store, c)]
+    explain(clients, store, stack, differing)
     questions_left = sum(unanswered(messages) for messages in store.values())
     takeovers = sum(app.log().count("taking over reply") for app in stack.apps)
     recoveries = [r for c in clients for r in c.recoveries]
@@ -353,6 +347,43 @@ def report(
         ("longest recovery (s)", round(max(recoveries, default=0.0), 1)),
     ]
     return rows, all(value == 0 for value in must_be_zero.values())
+
+
+def _expected(store: dict[str, list[dict[str, Any]]], client: Client) -> dict[int, str]:
+    return {m["seq"]: str(m["_id"]) for m in store.get(client.consultation, [])}
+
+
+def explain(
+    clients: list[Client],
+    store: dict[str, list[dict[str, Any]]],
+    stack: Stack,
+    differing: list[Client],
+) -> None:
+    """Traces for what went wrong: missing messages, repeats, the slowest recovery."""
+    for c in differing:
+        expected = _expected(store, c)
+        missing = sorted(set(expected) - set(c.view))
+        wrong = sorted(s for s in c.view if s in expected and c.view[s] != expected[s])
+        extra = sorted(set(c.view) - set(expected))
+        stack.note(
+            f"{c.name} ({c.consultation}) lacks seqs {missing[:10]}, "
+            f"differs at {wrong[:10]}, has extra {extra[:10]}"
+        )
+        for at, how, seq in c.trace:
+            if missing and (
+                how.startswith(("disconnected", "joined")) or abs(seq - missing[0]) <= 3
+            ):
+                stack.note(f"    {at - stack.started:6.2f}s {how} {seq or ''}")
+    slowest = max(clients, key=lambda c: max(c.recoveries, default=0.0))
+    if max(slowest.recoveries, default=0.0) > 5:
+        stack.note(f"slowest recovery: {slowest.name}")
+        for at, how, _ in slowest.trace:
+            if how.startswith(("disconnected", "joined", "error")):
+                stack.note(f"    {at - stack.started:6.2f}s {how}")
+    for c in clients:
+        for at, how, seq in c.trace:
+            if how == "live again":
+                stack.note(f"{c.name}: seq {seq} delivered again at {at - stack.started:.2f}s")
 
 
 def markdown(rows: list[tuple[str, Any]], events: list[str]) -> str:
@@ -390,6 +421,9 @@ async def run(
         for client in clients:
             with contextlib.suppress(Exception):
                 await client.sio.disconnect()
+            http = getattr(client.sio.eio, "http", None)
+            if http is not None and not http.closed:
+                await http.close()
         stack.nginx.stop()
         for app in stack.apps:
             app.stop()

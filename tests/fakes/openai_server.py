@@ -135,18 +135,19 @@ class FakeOpenAI:
             }
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
 
-        await send({"role": "assistant", "content": ""})
-        for index, token in enumerate(tokens):
-            if drop_after is not None and index == drop_after:
-                assert request.transport is not None
-                request.transport.abort()  # the provider dies mid-stream
-                return response
-            if stall_after is not None and index == stall_after:
-                await asyncio.sleep(3600)  # the provider goes silent mid-stream
-            if delay:
-                await asyncio.sleep(delay)
-            await send({"content": f"{time.time() * 1000:.3f} " if stamp else token})
-        await send({}, finish="stop")
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+        with contextlib.suppress(ConnectionResetError):  # the caller went away (killed)
+            await send({"role": "assistant", "content": ""})
+            for index, token in enumerate(tokens):
+                if drop_after is not None and index == drop_after:
+                    assert request.transport is not None
+                    request.transport.abort()  # the provider dies mid-stream
+                    return response
+                if stall_after is not None and index == stall_after:
+                    await asyncio.sleep(3600)  # the provider goes silent mid-stream
+                if delay:
+                    await asyncio.sleep(delay)
+                await send({"content": f"{time.time() * 1000:.3f} " if stamp else token})
+            await send({}, finish="stop")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
         return response

@@ -1,5 +1,5 @@
 """Coordination between instances, one module per concern (``locks``, ``queue``, ``buffer``,
-``inflight``, ``stops``, ``rates``, ``registry``), each with a memory and a Redis
+``inflight``, ``presence``, ``stops``, ``rates``, ``registry``), each with a memory and a Redis
 implementation; ``failover`` wraps each Redis one so that an instance keeps serving its own
 clients while Redis is down."""
 
@@ -14,6 +14,7 @@ from ..domain.ports import (
     ReplyLocks,
     ReplyQueue,
     ReplyRegistry,
+    RoomPresence,
     StopSignals,
 )
 from .buffer import MemoryReplyBuffer, RedisReplyBuffer
@@ -25,10 +26,12 @@ from .failover import (
     FailoverReplyLocks,
     FailoverReplyQueue,
     FailoverReplyRegistry,
+    FailoverRoomPresence,
     FailoverStopSignals,
 )
 from .inflight import MemoryReplyRegistry, RedisReplyRegistry
 from .locks import MemoryReplyLocks, RedisReplyLocks
+from .presence import MemoryRoomPresence, RedisRoomPresence
 from .queue import MemoryReplyQueue, RedisReplyQueue
 from .rates import MemoryRateLimits, RedisRateLimits
 from .redis_support import RedisHandle
@@ -47,6 +50,7 @@ class Coordination:
     rates: RateLimits
     registry: ConnectionRegistry
     inflight: ReplyRegistry
+    presence: RoomPresence
 
 
 def in_memory() -> Coordination:
@@ -59,6 +63,7 @@ def in_memory() -> Coordination:
         rates=MemoryRateLimits(),
         registry=MemoryConnectionRegistry(),
         inflight=MemoryReplyRegistry(),
+        presence=MemoryRoomPresence(),
     )
 
 
@@ -76,4 +81,5 @@ def on_redis(redis: RedisHandle) -> Coordination:
             RedisConnectionRegistry(redis), local.registry, degraded
         ),
         inflight=FailoverReplyRegistry(RedisReplyRegistry(redis), local.inflight, degraded),
+        presence=FailoverRoomPresence(RedisRoomPresence(redis), local.presence, degraded),
     )

@@ -30,6 +30,7 @@ from ..domain.ports import (
     ReplyLocks,
     ReplyQueue,
     ReplyRegistry,
+    RoomPresence,
     StopSignals,
 )
 from ..errors import CoordinationUnavailable
@@ -193,6 +194,33 @@ class FailoverReplyRegistry:
         return list(dict.fromkeys(local + shared))[:limit]
 
 
+class FailoverRoomPresence:
+    def __init__(self, primary: RoomPresence, fallback: RoomPresence, degraded: Degraded) -> None:
+        self._primary, self._fallback, self._degraded = primary, fallback, degraded
+
+    async def enter(self, room: str, who: str, connection_id: str, ttl_seconds: float) -> bool:
+        return await self._degraded.either(
+            lambda: self._primary.enter(room, who, connection_id, ttl_seconds),
+            lambda: self._fallback.enter(room, who, connection_id, ttl_seconds),
+        )
+
+    async def exit(self, room: str, who: str, connection_id: str) -> bool:
+        local = await self._fallback.exit(room, who, connection_id)
+        shared = await self._degraded.either(
+            lambda: self._primary.exit(room, who, connection_id), _false
+        )
+        return local or shared
+
+    async def online(self, room: str) -> list[str]:
+        local = await self._fallback.online(room)
+        shared = await self._degraded.either(lambda: self._primary.online(room), _empty)
+        return sorted(set(local) | set(shared))
+
+    async def refresh(self, entries: Sequence[tuple[str, str, str]], ttl_seconds: float) -> None:
+        await self._fallback.refresh(entries, ttl_seconds)
+        await self._degraded.either(lambda: self._primary.refresh(entries, ttl_seconds), _none)
+
+
 class FailoverStopSignals:
     def __init__(self, primary: StopSignals, fallback: StopSignals, degraded: Degraded) -> None:
         self._primary, self._fallback, self._degraded = primary, fallback, degraded
@@ -239,3 +267,8 @@ class FailoverConnectionRegistry:
     async def remove(self, name: str, member: str) -> None:
         await self._fallback.remove(name, member)
         await self._degraded.either(lambda: self._primary.remove(name, member), _none)
+
+    async def absent_since(self, name: str) -> float | None:
+        return await self._degraded.either(
+            lambda: self._primary.absent_since(name), lambda: self._fallback.absent_since(name)
+        )

@@ -67,6 +67,16 @@ class Identity:
     def display_name(self) -> str:
         return self.name or self.user_id
 
+    @property
+    def user_room(self) -> str:
+        """Every connection of this user (any instance, any transport) is in this room."""
+        return f"u:{len(self.tenant_id)}:{self.tenant_id}:{self.user_id}"
+
+
+def operators_room(tenant_id: str) -> str:
+    """Every operator and admin connection of a tenant is in this room."""
+    return f"ops:{tenant_id}"
+
 
 @dataclass(frozen=True, slots=True)
 class ConsultationKey:
@@ -152,6 +162,7 @@ class Message(Record):
     seq: int = 0  # 0 until stored: the store allocates it
     role: Author
     user_id: str | None = None
+    author_name: str | None = None  # a human operator's name, shown beside their messages
     content: str
     timestamp: Timestamp
     status: MessageStatus = MessageStatus.COMPLETE
@@ -160,7 +171,7 @@ class Message(Record):
     answers_seq: int | None = None  # a reply: the newest message of the context it answered
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"model", "client_message_id", "answers_seq"}
+        {"model", "client_message_id", "answers_seq", "author_name"}
     )
 
     @property
@@ -190,8 +201,13 @@ class Consultation(Record):
     operator: OperatorRef | None = None
     waiting_since: Timestamp | None = None
     reason: str | None = None
+    requeued: bool = False  # back in the queue after its operator vanished: served first
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset({"operator", "waiting_since", "reason"})
+
+    def queue_order(self) -> tuple[int, datetime, datetime]:
+        """Position in the operator queue: requeued ones first, then the longest waiting."""
+        return (0 if self.requeued else 1, self.waiting_since or self.created_at, self.created_at)
 
     @property
     def key(self) -> ConsultationKey:
@@ -212,6 +228,13 @@ class Consultation(Record):
             owner_id=owner_id,
             created_at=utcnow(),
         )
+
+
+def sorted_consultations(found: list[Consultation], mode: Mode | None) -> list[Consultation]:
+    """Waiting ones in queue order, the others newest first (what ``find`` returns)."""
+    if mode is Mode.WAITING:
+        return sorted(found, key=Consultation.queue_order)
+    return sorted(found, key=lambda c: c.created_at, reverse=True)
 
 
 def new_id() -> str:

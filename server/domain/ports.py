@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from .events import ServerEvent
-from .models import Author, Consultation, ConsultationKey, Identity, Message
+from .models import Author, Consultation, ConsultationKey, Identity, Message, Mode
 
 # -- storage -------------------------------------------------------------------------------------
 
@@ -30,6 +30,18 @@ class ConsultationStore(Protocol):
         ...
 
     async def get(self, key: ConsultationKey) -> Consultation | None: ...
+
+    async def find(
+        self,
+        tenant_id: str | None,
+        *,
+        mode: Mode | None = None,
+        operator_id: str | None = None,
+        limit: int = 500,
+    ) -> list[Consultation]:
+        """Consultations of a tenant (of all tenants with None), optionally in one mode or held
+        by one operator; those waiting in queue order, the others newest first."""
+        ...
 
     async def update(
         self,
@@ -259,6 +271,30 @@ class ConnectionRegistry(Protocol):
         ...
 
     async def remove(self, name: str, member: str) -> None: ...
+
+    async def absent_since(self, name: str) -> float | None:
+        """None while ``name`` has a live connection (on any instance); else the time (a
+        clock shared by every instance, in seconds) since when it has had none."""
+        ...
+
+
+class RoomPresence(Protocol):
+    """Who is in a consultation's room, over every connection on every instance: the first
+    connection of a participant makes it online, its last one offline."""
+
+    async def enter(self, room: str, who: str, connection_id: str, ttl_seconds: float) -> bool:
+        """Add a connection of ``who``; True when ``who`` had none in the room before."""
+        ...
+
+    async def exit(self, room: str, who: str, connection_id: str) -> bool:
+        """Remove one; True when it was ``who``'s last in the room."""
+        ...
+
+    async def online(self, room: str) -> list[str]: ...
+
+    async def refresh(self, entries: Sequence[tuple[str, str, str]], ttl_seconds: float) -> None:
+        """Keep these (room, who, connection) entries; the others expire (crashed instances)."""
+        ...
 
 
 # -- identity and delivery -----------------------------------------------------------------------

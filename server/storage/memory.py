@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..domain.models import Consultation, ConsultationKey, Message
+from ..domain.models import Consultation, ConsultationKey, Message, Mode, sorted_consultations
 from ..domain.ports import Appended, OneOf
 
 
@@ -34,6 +34,23 @@ class MemoryStore:
 
     async def get(self, key: ConsultationKey) -> Consultation | None:
         return self._consultations.get(key)
+
+    async def find(
+        self,
+        tenant_id: str | None,
+        *,
+        mode: Mode | None = None,
+        operator_id: str | None = None,
+        limit: int = 500,
+    ) -> list[Consultation]:
+        found = [
+            c
+            for c in self._consultations.values()
+            if (tenant_id is None or c.tenant_id == tenant_id)
+            and (mode is None or c.mode is mode)
+            and (operator_id is None or (c.operator is not None and c.operator.id == operator_id))
+        ]
+        return sorted_consultations(found, mode)[:limit]
 
     async def update(
         self,

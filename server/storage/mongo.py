@@ -20,7 +20,14 @@ from pydantic.alias_generators import to_camel
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from ..domain.models import Consultation, ConsultationKey, Message, Record
+from ..domain.models import (
+    Consultation,
+    ConsultationKey,
+    Message,
+    Mode,
+    Record,
+    sorted_consultations,
+)
 from ..domain.ports import Appended, OneOf
 from ..errors import StorageUnavailable
 
@@ -55,6 +62,14 @@ class MongoStore:
                 [("tenantId", ASCENDING), ("consultationId", ASCENDING)],
                 unique=True,
                 name="tenant_consultation",
+            )
+            # The operator queue and the dashboards' lists.
+            await self._consultations.create_index(
+                [("tenantId", ASCENDING), ("mode", ASCENDING), ("waitingSince", ASCENDING)],
+                name="tenant_mode_waiting",
+            )
+            await self._consultations.create_index(
+                [("operator.id", ASCENDING), ("mode", ASCENDING)], name="operator_mode"
             )
             await self._messages.create_index(
                 [("tenantId", ASCENDING), ("consultationId", ASCENDING), ("seq", ASCENDING)],
@@ -105,6 +120,29 @@ class MongoStore:
         async with _translated("read consultation"):
             doc = await self._consultations.find_one(_key_query(key))
         return _consultation(doc) if doc else None
+
+    async def find(
+        self,
+        tenant_id: str | None,
+        *,
+        mode: Mode | None = None,
+        operator_id: str | None = None,
+        limit: int = 500,
+    ) -> list[Consultation]:
+        query: Document = {}
+        if tenant_id is not None:
+            query["tenantId"] = tenant_id
+        if mode is not None:
+            query.update(_conditions({"mode": mode}))
+        if operator_id is not None:
+            query["operator.id"] = operator_id
+        if mode is Mode.WAITING:
+            order = [("requeued", DESCENDING), ("waitingSince", ASCENDING)]
+        else:
+            order = [("createdAt", DESCENDING)]
+        async with _translated("find consultations"):
+            docs = await self._consultations.find(query).sort(order).limit(limit).to_list()
+        return sorted_consultations([_consultation(doc) for doc in docs], mode)
 
     async def update(
         self,

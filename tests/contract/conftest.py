@@ -13,6 +13,7 @@ from server.coordination import Coordination, in_memory, on_redis
 from server.coordination.buffer import RedisReplyBuffer
 from server.coordination.inflight import RedisReplyRegistry
 from server.coordination.locks import RedisReplyLocks
+from server.coordination.presence import RedisRoomPresence
 from server.coordination.queue import RedisReplyQueue
 from server.coordination.rates import RedisRateLimits
 from server.coordination.redis_support import RedisHandle
@@ -30,6 +31,7 @@ def on_redis_only(redis: RedisHandle) -> Coordination:
         rates=RedisRateLimits(redis),
         registry=RedisConnectionRegistry(redis),
         inflight=RedisReplyRegistry(redis),
+        presence=RedisRoomPresence(redis),
     )
 
 

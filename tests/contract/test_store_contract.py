@@ -5,11 +5,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from server.domain.models import Author, ConsultationKey, Message, MessageStatus, Mode, OperatorRef
+from server.domain.models import (
+    Author,
+    ConsultationKey,
+    Message,
+    MessageStatus,
+    Mode,
+    OperatorRef,
+    utcnow,
+)
 from server.domain.ports import OneOf, Store
 from server.storage.memory import MemoryStore
 from server.storage.mongo import MongoStore
@@ -204,3 +213,24 @@ async def test_update_refuses_fields_a_consultation_does_not_have(store: Store) 
     await store.get_or_create(KEY, "owner")
     with pytest.raises(ValueError):
         await store.update(KEY, {"no_such_field": 1})
+
+
+async def test_find_lists_a_tenants_consultations_by_mode_and_operator(store: Store) -> None:
+    keys = [ConsultationKey("tenant-a", f"q-{n}") for n in range(4)]
+    for key in keys:
+        await store.get_or_create(key, "owner")
+    await store.get_or_create(ConsultationKey("tenant-b", "q-0"), "other")
+    base = utcnow()
+    for n, key in enumerate(keys[:3]):
+        await store.update(
+            key, {"mode": Mode.WAITING, "waiting_since": base + timedelta(seconds=10 - n)}
+        )
+    await store.update(keys[0], {"requeued": True})  # back after its operator vanished
+    await store.update(keys[3], {"mode": Mode.OPERATOR, "operator": OperatorRef(id="op", name="O")})
+    waiting = await store.find("tenant-a", mode=Mode.WAITING)
+    assert [c.id for c in waiting] == ["q-0", "q-2", "q-1"]  # requeued first, then oldest
+    assert [c.id for c in await store.find("tenant-a", operator_id="op")] == ["q-3"]
+    assert len(await store.find("tenant-a")) == 4
+    assert len(await store.find(None, mode=Mode.AI)) == 1  # every tenant
+    assert await store.find("tenant-c") == []
+    assert len(await store.find("tenant-a", mode=Mode.WAITING, limit=2)) == 2

@@ -30,9 +30,12 @@ from .coordination import Coordination, in_memory, on_redis
 from .coordination.redis_support import RedisHandle
 from .domain.connections import ConnectionService
 from .domain.consultations import ConsultationService, Limits
+from .domain.handoff import HandoffService, HandoffSettings
 from .domain.policies import Admission, ConnectionPolicy, Moderation, RateLimiter, RatePolicy
 from .domain.ports import Assistant, Store
+from .domain.presence import PresenceService
 from .domain.replies import ReplyCoordination, ReplyService, ReplySettings
+from .domain.session import Services
 from .errors import AppError
 from .storage.memory import MemoryStore
 from .transport.auth import Authenticator
@@ -72,6 +75,7 @@ class Components:
     replies: ReplyService
     consultations: ConsultationService
     connections: ConnectionService
+    handoff: HandoffService
     resources: list[Resource] = field(default_factory=list)
     probes: dict[str, Probe] = field(default_factory=dict)
 
@@ -171,7 +175,21 @@ def build(
     )
     hub.set_gap_filler(consultations.missed)
     auth = authenticator(settings)
-    connections = ConnectionService(auth, admission, consultations, rooms)
+    connections = ConnectionService(auth, admission, rooms)
+    handoff = HandoffService(
+        store,
+        consultations,
+        replies,
+        rooms,
+        (coordination.registry, coordination.locks),
+        settings=HandoffSettings(
+            max_active=settings.operator_max_active,
+            wait_timeout_seconds=settings.operator_wait_timeout_seconds,
+            grace_seconds=settings.operator_grace_seconds,
+        ),
+    )
+    presence = PresenceService(coordination.presence, rooms)
+    connections.bind(Services(consultations, handoff, presence, connections))
     proxies = parse_networks(settings.trusted_proxies)
     sio.register_namespace(ChatNamespace(connections, hub, proxies))
     raw = RawChatEndpoint(
@@ -198,6 +216,7 @@ def build(
         replies,
         consultations,
         connections,
+        handoff,
     )
     components.probes["storage"] = lambda: _check(store.ping())
     components.resources.append(Resource("store", store.start, store.close))
@@ -218,6 +237,11 @@ def build(
 
     async def start_replies() -> None:
         replies.start()
+
+    async def start_handoff() -> None:
+        handoff.start()
+
+    components.resources.append(Resource("handoff", start_handoff, handoff.stop))
 
     components.resources.append(Resource("replies", start_replies, replies.stop_reaper))
     components.resources.append(Resource("assistant", _nothing, assistant.close))
@@ -240,6 +264,7 @@ def create_app(
         connections=lambda: components.connections.count,
         status=components.status,
         status_public=settings.status_is_public,
+        handoff=components.handoff,
     ).install(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     rate_limit_window_seconds: Seconds = 60.0
     max_connections: Count = 10_000
     max_connections_per_user: Count = 20
+    operator_max_active: Count = 5
+    operator_wait_timeout_seconds: Seconds = 300.0
+    operator_grace_seconds: Seconds = 60.0
     moderation_blocklist_file: str | None = None
     history_page_size: Count = 50
     socketio_client_url: str = DEFAULT_SOCKETIO_CLIENT_URL

@@ -70,8 +70,9 @@ async def run_reply(script: list[tuple[float, str]], window: float) -> tuple[Any
     assistant = ScriptedAssistant(script)
     notifier = RecordingRooms()
     coordination = in_memory()
+    store = MemoryStore()
     service = ReplyService(
-        MemoryStore(),
+        store,
         assistant,
         notifier,
         ReplyCoordination(

@@ -1,5 +1,6 @@
 """Connection policy, shared by every transport: who may connect (identity, per-instance and
-per-user limits), token expiry and refresh, and keeping the per-user registry alive."""
+per-user limits), token expiry and refresh, the rooms every connection is in (its user's; an
+operator's tenant's operators room), and keeping the per-user registry alive."""
 
 from __future__ import annotations
 
@@ -7,15 +8,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from ..errors import AppError, Forbidden, TokenExpired
-from .consultations import ConsultationService
 from .events import ErrorEvent
-from .models import Identity
+from .models import Identity, operators_room
 from .policies import Admission
 from .ports import Rooms, TokenVerifier
-from .session import ChatSession
+from .session import ChatSession, Services
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +24,10 @@ Close = Callable[[], Awaitable[None]]
 
 
 class ConnectionService:
-    def __init__(
-        self,
-        verifier: TokenVerifier,
-        admission: Admission,
-        consultations: ConsultationService,
-        rooms: Rooms,
-    ) -> None:
+    def __init__(self, verifier: TokenVerifier, admission: Admission, rooms: Rooms) -> None:
         self._verifier = verifier
         self._admission = admission
-        self._consultations = consultations
+        self._services: Services | None = None
         self.rooms = rooms
         self._sessions: dict[str, ChatSession] = {}
         self._closers: dict[str, Close] = {}
@@ -40,6 +35,10 @@ class ConnectionService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._keeper: asyncio.Task[None] | None = None
         self.opened_total = 0  # connections admitted since this instance started
+
+    def bind(self, services: Services) -> None:
+        """The services sessions call (they include this one)."""
+        self._services = services
 
     @property
     def count(self) -> int:
@@ -52,13 +51,33 @@ class ConnectionService:
         """Admit a connection: raises :class:`Unauthorized` or :class:`TooManyConnections`.
         ``close`` is how the transport drops it (token expiry)."""
         identity = self._verifier.identify(token)
+        services = self._services
+        assert services is not None, "ConnectionService.bind() was not called"
         await self._admission.admit(identity, connection_id, len(self._sessions))
-        session = ChatSession(identity, connection_id, self._consultations, self)
+        session = ChatSession(identity, connection_id, services)
         self._sessions[connection_id] = session
         self._closers[connection_id] = close
         self.opened_total += 1
         self._schedule_expiry(session)
+        await self.rooms.join(connection_id, identity.user_room)
+        if identity.is_staff:
+            await self.rooms.join(connection_id, operators_room(identity.tenant_id))
+            # After the transport has told the client it is connected (this runs later).
+            self._spawn(self._send_queue(connection_id, identity.tenant_id))
         return session
+
+    async def _send_queue(self, connection_id: str, tenant_id: str) -> None:
+        services = self._services
+        if services is not None and connection_id in self._sessions:
+            try:
+                await services.handoff.send_queue_to(connection_id, tenant_id)
+            except AppError as exc:
+                log.warning("could not send the operator queue: %s", exc.message)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self, connection_id: str) -> None:
         """The transport lost the connection: forget it and free its slot."""
@@ -69,6 +88,9 @@ class ConnectionService:
             timer.cancel()
         if session is None:
             return
+        if self._services is not None:
+            with contextlib.suppress(Exception):
+                await self._services.presence.gone(connection_id)
         with contextlib.suppress(Exception):
             await self.rooms.leave_all(connection_id)
         try:
@@ -101,9 +123,7 @@ class ConnectionService:
         self._expiry[cid] = asyncio.get_running_loop().call_later(delay, self._on_expiry, cid)
 
     def _on_expiry(self, connection_id: str) -> None:
-        task = asyncio.ensure_future(self._expire(connection_id))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._expire(connection_id))
 
     async def _expire(self, connection_id: str) -> None:
         self._expiry.pop(connection_id, None)
@@ -138,5 +158,7 @@ class ConnectionService:
             live = [(s.identity, cid) for cid, s in self._sessions.items()]
             try:
                 await self._admission.keep_alive(live)
+                if self._services is not None:
+                    await self._services.presence.keep_alive()
             except AppError as exc:
                 log.warning("could not refresh connection presence: %s", exc.message)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import Forbidden, InvalidPayload, NotFound
+from ..errors import ConsultationClosed, Forbidden, InvalidPayload, NotFound
 from .events import ServerEvent, UserMessage, message_event
-from .models import Author, Consultation, ConsultationKey, Identity, Message
+from .models import Author, Consultation, ConsultationKey, Identity, Message, Mode
 from .policies import Moderation, RateLimiter
 from .ports import Partial, Rooms, Store
 from .replies import ReplyService
@@ -133,13 +133,19 @@ class ConsultationService:
     ) -> Message:
         self._check_content(content)
         self._moderation.check(content)
+        current = await self._store.get(consultation.key) or consultation
+        if current.mode is Mode.CLOSED:
+            raise ConsultationClosed()
         rate = await self._rate_limiter.hit(identity)
+        # Operators and admins write as the support side of the dialogue.
+        staff = identity.is_staff and identity.user_id != current.owner_id
         appended = await self._store.append(
             Message.new(
                 consultation.key,
-                Author.USER,
+                Author.OPERATOR if staff else Author.USER,
                 content,
                 user_id=identity.user_id,
+                author_name=identity.display_name if staff else None,
                 client_message_id=client_message_id,
             )
         )
@@ -151,7 +157,8 @@ class ConsultationService:
             await self._rooms.to_room(
                 consultation.key.room, UserMessage(message=appended.message), skip=origin
             )
-            self._replies.request(consultation.key)
+            if not staff and current.mode in (Mode.AI, Mode.WAITING):
+                self._replies.request(consultation.key)
         warning = self._rate_limiter.warning(rate)
         if warning is not None and origin is not None:
             await self._rooms.to_connection(origin, warning)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from pydantic.alias_generators import to_camel
 
 from ..errors import InvalidPayload
-from .models import Author, Message
+from .models import Author, Message, Mode
 
 # -- client payloads -----------------------------------------------------------------------------
 
@@ -86,6 +86,34 @@ class StopGeneration(Payload):
 
 class RefreshToken(Payload):
     token: Annotated[StrictStr, Field(min_length=1, max_length=8192)]
+
+
+class RequestOperator(Payload):
+    consultationId: ConsultationId
+    reason: Annotated[StrictStr, Field(max_length=500)] | None = Field(
+        default=None, description="why a human is needed, shown to operators"
+    )
+
+
+class AcceptConsultation(Payload):
+    consultationId: ConsultationId
+
+
+class ReleaseConsultation(Payload):
+    consultationId: ConsultationId
+
+
+class CloseConsultation(Payload):
+    consultationId: ConsultationId
+
+
+class GetOperatorQueue(Payload):
+    pass
+
+
+class Typing(Payload):
+    consultationId: ConsultationId
+    isTyping: bool
 
 
 def _invalid(exc: ValidationError) -> InvalidPayload:
@@ -174,13 +202,21 @@ class AiMessage(MessageEvent):
     summary = "The stored reply, after its last aiChunk; id equals the chunks' messageId"
 
 
+class SystemMessage(MessageEvent):
+    name = "systemMessage"
+    summary = (
+        "A stored record of a change of the consultation (role system: an operator was "
+        "asked for, joined, left; the consultation closed), in the history with its seq"
+    )
+
+
 def message_event(message: Message) -> MessageEvent:
     """The event that broadcasts a stored message."""
-    return (
-        AiMessage(message=message)
-        if message.role is Author.ASSISTANT
-        else UserMessage(message=message)
-    )
+    if message.role is Author.ASSISTANT:
+        return AiMessage(message=message)
+    if message.role is Author.SYSTEM:
+        return SystemMessage(message=message)
+    return UserMessage(message=message)
 
 
 class AiThinking(ServerEvent):
@@ -225,6 +261,86 @@ class RateWarning(ServerEvent):
     window_seconds: float
 
 
+class Operator(Wire):
+    id: str
+    name: str
+
+
+class ConsultationUpdated(ServerEvent):
+    name = "consultationUpdated"
+    summary = "The consultation's mode changed (ai, waiting, operator, closed); to the room"
+    consultation_id: str
+    mode: Mode
+    operator: Operator | None = None
+    queue_position: int | None = None
+
+
+class SupportPending(ServerEvent):
+    name = "supportPending"
+    summary = "To the owner's connections: waiting for an operator, at this place in the queue"
+    consultation_id: str
+    queue_position: int
+
+
+class QueueItem(Wire):
+    consultation_id: str
+    user_id: str
+    reason: str | None = None
+    waiting_since: str
+    position: int
+
+
+class NewSupportRequest(ServerEvent):
+    name = "newSupportRequest"
+    summary = "To the tenant's operators: a consultation asks for a human"
+    consultation_id: str
+    user_id: str
+    reason: str | None = None
+    waiting_since: str
+    preview: str
+
+
+class OperatorQueue(ServerEvent):
+    name = "operatorQueue"
+    summary = (
+        "To the tenant's operators, at connect and whenever the queue changes: every waiting "
+        "consultation, in the order they will be served"
+    )
+    items: list[QueueItem]
+
+
+class OperatorJoined(ServerEvent):
+    name = "operatorJoined"
+    summary = "An operator took the consultation over; the assistant is silent until released"
+    consultation_id: str
+    operator: Operator
+
+
+class TypingEvent(ServerEvent):
+    name = "typing"
+    summary = "Someone in the room is typing (or stopped; cleared by the server after ~5 s)"
+    consultation_id: str
+    user_id: str
+    role: str
+    is_typing: bool
+
+
+class UserOnline(ServerEvent):
+    name = "userOnline"
+    summary = "A participant's first connection joined the room (any instance)"
+    consultation_id: str
+    user_id: str
+    role: str
+
+
+class UserOffline(ServerEvent):
+    name = "userOffline"
+    summary = "A participant's last connection left the room (any instance)"
+    consultation_id: str
+    user_id: str
+    role: str
+
+
 # -- acknowledgements ----------------------------------------------------------------------------
 
 
@@ -243,16 +359,23 @@ class StreamingPartial(Wire):
     index: int = Field(description="index of the last chunk included in content")
 
 
+class Participant(Wire):
+    user_id: str
+    role: str
+
+
 class JoinAck(Ack):
     consultation: dict[str, Any]
     messages: list[Message]
     streaming: StreamingPartial | None = None
+    online: list[Participant] = Field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
             "ok": True,
             "consultation": self.consultation,
             "messages": [m.to_wire() for m in self.messages],
+            "online": [p.to_wire() for p in self.online],
         }
         if self.streaming is not None:
             wire["streaming"] = self.streaming.to_wire()
@@ -276,6 +399,19 @@ class StopAck(Ack):
 
 class RefreshAck(Ack):
     expires_at: str | None
+
+
+class ConsultationAck(Ack):
+    consultation: dict[str, Any]
+    queue_position: int | None = None
+
+
+class QueueAck(Ack):
+    items: list[QueueItem]
+
+
+class TypingAck(Ack):
+    pass
 
 
 # -- the catalogue -------------------------------------------------------------------------------
@@ -351,6 +487,74 @@ CATALOGUE = Catalogue(
             (),
             "A fresh token for the same user and tenant, before the current one expires",
         ),
+        ClientEvent(
+            "requestOperator",
+            RequestOperator,
+            ConsultationAck,
+            "request_operator",
+            (ConsultationUpdated, SystemMessage, SupportPending, NewSupportRequest, OperatorQueue),
+            "The owner asks for a human operator: the consultation waits in the tenant's queue",
+        ),
+        ClientEvent(
+            "acceptConsultation",
+            AcceptConsultation,
+            JoinAck,
+            "accept",
+            (
+                *(AiChunk, AiMessage, AiThinking, SystemMessage, ConsultationUpdated),
+                *(OperatorJoined, UserOnline, OperatorQueue, SupportPending),
+            ),
+            "An operator (or admin) of the tenant takes the consultation over: exactly one "
+            "wins (already_assigned for the others); the ack is a join's",
+        ),
+        ClientEvent(
+            "releaseConsultation",
+            ReleaseConsultation,
+            ConsultationAck,
+            "release",
+            (SystemMessage, ConsultationUpdated),
+            "The assigned operator (or an admin) hands the consultation back to the assistant",
+        ),
+        ClientEvent(
+            "closeConsultation",
+            CloseConsultation,
+            ConsultationAck,
+            "close",
+            (SystemMessage, ConsultationUpdated, OperatorQueue),
+            "The owner, the assigned operator or an admin closes it: later sends are refused",
+        ),
+        ClientEvent(
+            "getOperatorQueue",
+            GetOperatorQueue,
+            QueueAck,
+            "operator_queue",
+            (),
+            "Operators and admins: the tenant's queue, in the order it will be served",
+        ),
+        ClientEvent(
+            "typing",
+            Typing,
+            TypingAck,
+            "typing",
+            (TypingEvent,),
+            "I am typing (or stopped) in a joined consultation; the others of the room are told",
+        ),
     ),
-    server=(UserMessage, AiThinking, AiChunk, AiMessage, ErrorEvent, RateWarning),
+    server=(
+        UserMessage,
+        AiThinking,
+        AiChunk,
+        AiMessage,
+        SystemMessage,
+        ErrorEvent,
+        RateWarning,
+        ConsultationUpdated,
+        SupportPending,
+        NewSupportRequest,
+        OperatorQueue,
+        OperatorJoined,
+        TypingEvent,
+        UserOnline,
+        UserOffline,
+    ),
 )

@@ -82,7 +82,11 @@ class MessageStore(Protocol):
         ...
 
 
-class Store(ConsultationStore, MessageStore, Protocol):
+class ChatStore(ConsultationStore, MessageStore, Protocol):
+    """Consultations and their messages."""
+
+
+class Store(ChatStore, Protocol):
     async def start(self) -> None:
         """Connect and create indexes."""
         ...

@@ -33,12 +33,12 @@ from typing import Any, TypeVar
 
 from ..errors import AppError, AssistantUnavailable, ReplyInterrupted, StorageUnavailable
 from .events import AiChunk, AiMessage, AiThinking, ErrorEvent, ServerEvent
-from .models import Author, ConsultationKey, Message, MessageStatus, new_id
+from .models import Author, ConsultationKey, Message, MessageStatus, Mode, new_id
 from .ports import (
     Assistant,
     BufferWrite,
+    ChatStore,
     Lock,
-    MessageStore,
     Partial,
     ReplyBuffer,
     ReplyDraft,
@@ -133,13 +133,14 @@ class ReplyCoordination:
 class ReplyService:
     def __init__(
         self,
-        store: MessageStore,
+        store: ChatStore,
         assistant: Assistant,
         rooms: Rooms,
         coordination: ReplyCoordination,
         settings: ReplySettings,
     ) -> None:
         self._store = store
+        self._consultations = store
         self._assistant = assistant
         self._rooms = rooms
         self._locks = coordination.locks
@@ -181,6 +182,55 @@ class ReplyService:
     async def streaming(self, key: ConsultationKey) -> Partial | None:
         """The reply streaming in this consultation right now (on any instance), so far."""
         return await self._buffer.read(key.room)
+
+    async def cut(self, key: ConsultationKey) -> None:
+        """A human takes over, or the consultation closes: end the reply in flight (on
+        whichever instance streams it) and drop the queued ones. The streaming instance is
+        fenced off at its next chunk; what the room saw is sent to everyone once more (each
+        instance drops the chunks its members have), then stored as ``stopped``. Nothing the
+        assistant writes after this reaches the room or the store."""
+        name, cid = key.room, key.consultation_id
+        await self._queue.take_pending(name)
+        buffered = await self._buffer.read(name)
+        if buffered is None:
+            return
+        owner = f"cut:{new_id()}"
+        partial = await self._buffer.claim(name, buffered.message_id, owner, self._buffer_ttl)
+        if partial is None:
+            return
+        await self._stops.request_stop(name, self._ttl)  # its model stops at once too
+        draft = _Draft(
+            key=key,
+            message_id=partial.message_id,
+            owner=owner,
+            request_seq=partial.request_seq,
+            parts=list(partial.parts),
+            model=partial.model or None,
+            next_index=partial.index + 1,
+            chunks=list(partial.parts),
+            sent_parts=len(partial.parts),
+        )
+        await self._resend(draft)
+        try:
+            await self._finish(draft, stopped=True, failure=None, lock=None)
+        except _Lost:
+            return  # it finished on its own meanwhile
+        await self._safe_emit(key, AiThinking(consultation_id=cid, status="done"))
+
+    async def _resend(self, draft: _Draft) -> None:
+        """Send a reply's chunks so far again: for members that missed some (their instance
+        died before publishing them); every instance drops those its members have."""
+        for index, part in enumerate(draft.chunks):
+            await self._rooms.to_room(
+                draft.key.room,
+                AiChunk(
+                    consultation_id=draft.key.consultation_id,
+                    message_id=draft.message_id,
+                    index=index,
+                    content=part,
+                    is_complete=False,
+                ),
+            )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -241,6 +291,8 @@ class ReplyService:
                     while await self._queue.take_pending(name) or (
                         answered and await self._unanswered(key)
                     ):
+                        if not await self._answers(key):
+                            break  # a human holds it, or it is closed: the assistant is silent
                         answered = await self._reply_once(key, lock)
                 except _Lost:
                     log.warning("the reply in %s was taken over by another instance", name)
@@ -257,6 +309,12 @@ class ReplyService:
             await self._safe_emit(key, _error(key, exc))
         except Exception:
             log.exception("reply for %s failed", name)
+
+    async def _answers(self, key: ConsultationKey) -> bool:
+        """Whether the assistant answers in this consultation now (not while an operator
+        holds it, not once it is closed)."""
+        consultation = await self._consultations.get(key)
+        return consultation is None or consultation.mode in (Mode.AI, Mode.WAITING)
 
     async def _unanswered(self, key: ConsultationKey) -> bool:
         """Whether the newest stored question came after the newest reply's context."""
@@ -345,17 +403,7 @@ class ReplyService:
         )
         # Chunks the dead instance emitted but never got to publish are sent again: instances
         # drop those their members have (by index), so each client sees every index once.
-        for index, part in enumerate(partial.parts):
-            await self._rooms.to_room(
-                name,
-                AiChunk(
-                    consultation_id=key.consultation_id,
-                    message_id=partial.message_id,
-                    index=index,
-                    content=part,
-                    is_complete=False,
-                ),
-            )
+        await self._resend(draft)
         lost = False
         try:
             if not self._settings.resume:
@@ -534,7 +582,7 @@ class ReplyService:
             await _cancel(consumer)
             raise
 
-    async def _patiently(self, operation: Callable[[], Awaitable[T]], lock: Lock) -> T:
+    async def _patiently(self, operation: Callable[[], Awaitable[T]], lock: Lock | None) -> T:
         """Retry ``operation`` while the store is unavailable (keeping the reply's lock),
         for up to STORE_PATIENCE_SECONDS."""
         deadline = time.monotonic() + STORE_PATIENCE_SECONDS
@@ -547,11 +595,11 @@ class ReplyService:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
-                if not await lock.renew():
+                if lock is not None and not await lock.renew():
                     raise _Lost() from None
 
     async def _finish(
-        self, draft: _Draft, stopped: bool, failure: AppError | None, lock: Lock
+        self, draft: _Draft, stopped: bool, failure: AppError | None, lock: Lock | None
     ) -> bool:
         """End the reply: the last chunk, the stored message, errors. True when stored."""
         key, name = draft.key, draft.key.room
@@ -591,18 +639,39 @@ class ReplyService:
             log.exception("could not emit %s to %s", event.name, key.room)
 
 
+HUMAN_OPERATOR_NOTE = (
+    "A human support operator handled part of this conversation; their messages are the "
+    "assistant-side turns marked [Support operator]. Continue helping the user from here."
+)
+
+
 def dialogue(messages: list[Message]) -> list[Turn]:
-    """The context in conversation order. Messages sent while a reply streamed were stored
-    before it (their seq is lower), yet came after what it answered: each reply goes right
-    after the message it answered, so the dialogue ends with what is still unanswered (a
-    trailing assistant message would be continued, not answered, by many providers)."""
+    """The context in conversation order, in roles the LLM API accepts.
+
+    Messages sent while a reply streamed were stored before it (their seq is lower), yet came
+    after what it answered: each reply goes right after the message it answered, so the
+    dialogue ends with what is still unanswered (a trailing assistant message would be
+    continued, not answered, by many providers). A human operator's messages are the support
+    side of the dialogue (assistant turns, marked); the records of handoffs are system notes.
+    """
 
     def position(message: Message) -> tuple[int, int, int]:
         if message.role is Author.ASSISTANT and message.answers_seq is not None:
             return (message.answers_seq, 1, message.seq)
         return (message.seq, 0, message.seq)
 
-    return [Turn(m.role, m.content) for m in sorted(messages, key=position)]
+    turns: list[Turn] = []
+    for message in sorted(messages, key=position):
+        if message.role is Author.OPERATOR:
+            name = f" {message.author_name}" if message.author_name else ""
+            turns.append(Turn(Author.ASSISTANT, f"[Support operator{name}]: {message.content}"))
+        elif message.role is Author.SYSTEM:
+            turns.append(Turn(Author.SYSTEM, f"[Consultation event] {message.content}"))
+        else:
+            turns.append(Turn(message.role, message.content))
+    if any(m.role is Author.OPERATOR for m in messages):
+        turns.insert(0, Turn(Author.SYSTEM, HUMAN_OPERATOR_NOTE))
+    return turns
 
 
 def _error(key: ConsultationKey, error: AppError) -> ErrorEvent:

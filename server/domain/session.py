@@ -11,61 +11,68 @@ from typing import TYPE_CHECKING, Any
 from ..errors import AppError, InternalError, NotJoined, UnknownEvent
 from .events import (
     CATALOGUE,
+    AcceptConsultation,
+    CloseConsultation,
+    ConsultationAck,
     ErrorAck,
     ErrorEvent,
+    GetOperatorQueue,
     JoinAck,
     JoinConsultation,
     LeaveAck,
     LeaveConsultation,
+    Participant,
+    QueueAck,
     RefreshAck,
     RefreshToken,
+    ReleaseConsultation,
+    RequestOperator,
     SendAck,
     SendMessage,
     StopAck,
     StopGeneration,
     StreamingPartial,
+    Typing,
+    TypingAck,
 )
 from .models import Consultation, Identity, iso
 
 if TYPE_CHECKING:
     from .connections import ConnectionService
-    from .consultations import ConsultationService
+    from .consultations import ConsultationService, Joined
+    from .handoff import HandoffService
+    from .presence import PresenceService
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a session calls: one instance of each, shared by every connection."""
+
+    consultations: ConsultationService
+    handoff: HandoffService
+    presence: PresenceService
+    connections: ConnectionService
 
 
 @dataclass
 class ChatSession:
     identity: Identity
     connection_id: str
-    consultations: ConsultationService
-    connections: ConnectionService
+    services: Services
     joined: dict[str, Consultation] = field(default_factory=dict)
 
     # -- client events (names in the catalogue's ``handler``) ----------------------------------
 
     async def join(self, command: JoinConsultation) -> JoinAck:
-        joined = await self.consultations.join(
+        joined = await self.services.consultations.join(
             self.identity, self.connection_id, command.consultationId, command.lastSeq
         )
-        self.joined[command.consultationId] = joined.consultation
-        streaming = joined.streaming
-        return JoinAck(
-            consultation=joined.consultation.to_wire(),
-            messages=joined.messages,
-            streaming=(
-                StreamingPartial(
-                    message_id=streaming.message_id,
-                    content=streaming.content,
-                    index=streaming.index,
-                )
-                if streaming is not None
-                else None
-            ),
-        )
+        return await self._entered(joined)
 
     async def send(self, command: SendMessage) -> SendAck:
-        message = await self.consultations.send(
+        message = await self.services.consultations.send(
             self.identity,
             self._joined(command.consultationId),
             command.content,
@@ -77,18 +84,79 @@ class ChatSession:
     async def leave(self, command: LeaveConsultation) -> LeaveAck:
         consultation = self.joined.pop(command.consultationId, None)
         if consultation is not None:
-            await self.consultations.leave(self.connection_id, consultation.key)
+            await self.services.presence.left(self.connection_id, consultation.key)
+            await self.services.consultations.leave(self.connection_id, consultation.key)
         return LeaveAck(left=consultation is not None)
 
     async def stop(self, command: StopGeneration) -> StopAck:
         """Stop the reply streaming in a joined consultation; True when one was running."""
-        return StopAck(stopping=await self.consultations.stop(self._joined(command.consultationId)))
+        consultation = self._joined(command.consultationId)
+        return StopAck(stopping=await self.services.consultations.stop(consultation))
 
     async def refresh(self, command: RefreshToken) -> RefreshAck:
-        identity = await self.connections.refresh(self, command.token)
+        identity = await self.services.connections.refresh(self, command.token)
         self.identity = identity
         expires_at = identity.expires_at
         return RefreshAck(expires_at=iso(expires_at) if expires_at else None)
+
+    async def request_operator(self, command: RequestOperator) -> ConsultationAck:
+        consultation, position = await self.services.handoff.request(
+            self.identity, self._joined(command.consultationId), command.reason
+        )
+        return ConsultationAck(consultation=consultation.to_wire(), queue_position=position)
+
+    async def accept(self, command: AcceptConsultation) -> JoinAck:
+        joined = await self.services.handoff.accept(
+            self.identity, self.connection_id, command.consultationId
+        )
+        return await self._entered(joined)
+
+    async def release(self, command: ReleaseConsultation) -> ConsultationAck:
+        consultation = await self.services.handoff.release(
+            self.identity, self._joined(command.consultationId)
+        )
+        return ConsultationAck(consultation=consultation.to_wire())
+
+    async def close(self, command: CloseConsultation) -> ConsultationAck:
+        consultation = await self.services.handoff.close(
+            self.identity, self._joined(command.consultationId)
+        )
+        return ConsultationAck(consultation=consultation.to_wire())
+
+    async def operator_queue(self, command: GetOperatorQueue) -> QueueAck:
+        return QueueAck(items=await self.services.handoff.queue(self.identity))
+
+    async def typing(self, command: Typing) -> TypingAck:
+        consultation = self._joined(command.consultationId)
+        await self.services.presence.typing(
+            self.identity, self.connection_id, consultation.key, command.isTyping
+        )
+        return TypingAck()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def _entered(self, joined: Joined) -> JoinAck:
+        """A join (or an accept) went through: remember it, and who else is there."""
+        consultation = joined.consultation
+        self.joined[consultation.consultation_id] = consultation
+        online: list[Participant] = await self.services.presence.entered(
+            self.identity, self.connection_id, consultation.key
+        )
+        streaming = joined.streaming
+        return JoinAck(
+            consultation=consultation.to_wire(),
+            messages=joined.messages,
+            streaming=(
+                StreamingPartial(
+                    message_id=streaming.message_id,
+                    content=streaming.content,
+                    index=streaming.index,
+                )
+                if streaming is not None
+                else None
+            ),
+            online=online,
+        )
 
     def _joined(self, consultation_id: str) -> Consultation:
         consultation = self.joined.get(consultation_id)
@@ -119,7 +187,7 @@ class ChatSession:
     async def fail(self, error: AppError) -> None:
         """Tell this connection about an error (frontends listen for ``error``)."""
         try:
-            await self.connections.rooms.to_connection(
+            await self.services.connections.rooms.to_connection(
                 self.connection_id, ErrorEvent.model_validate(error.to_wire())
             )
         except Exception:  # the connection may be gone; the ack still answers

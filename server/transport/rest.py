@@ -11,9 +11,10 @@ from typing import Any
 from aiohttp import web
 
 from ..domain.consultations import ConsultationService
-from ..domain.models import Role
+from ..domain.handoff import HandoffService
+from ..domain.models import Mode, Role
 from ..domain.ports import TokenVerifier
-from ..errors import AppError, Forbidden, InvalidPayload
+from ..errors import AppError, Forbidden, InvalidPayload, NotFound
 from .auth import bearer_token
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,9 @@ class Routes:
         connections: Callable[[], int] = lambda: 0,
         status: Status | None = None,
         status_public: bool = False,
+        handoff: HandoffService | None = None,
     ) -> None:
+        self._handoff = handoff
         self._connections = connections
         self._status = status
         self._status_public = status_public
@@ -53,6 +56,8 @@ class Routes:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/api/consultations/{consultation_id}/messages", self.messages)
         app.router.add_get("/ws/status", self.status)
+        app.router.add_get("/api/operator/queue", self.operator_queue)
+        app.router.add_get("/api/consultations", self.consultations)
 
     async def index(self, request: web.Request) -> web.Response:
         return web.Response(text=self._page, content_type="text/html")
@@ -79,6 +84,34 @@ class Routes:
             return error_response(exc)
         body = await self._status() if self._status is not None else {}
         return web.json_response(body)
+
+    async def operator_queue(self, request: web.Request) -> web.Response:
+        """The tenant's waiting consultations, in the order they will be served."""
+        try:
+            identity = self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            if self._handoff is None:
+                raise NotFound()
+            items = await self._handoff.queue(identity)
+        except AppError as exc:
+            return error_response(exc)
+        return web.json_response({"ok": True, "items": [item.to_wire() for item in items]})
+
+    async def consultations(self, request: web.Request) -> web.Response:
+        """``?mode=ai|waiting|operator|closed``: the tenant's consultations, for dashboards."""
+        try:
+            identity = self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            raw = request.query.get("mode") or None
+            try:
+                mode = Mode(raw) if raw else None
+            except ValueError:
+                modes = ", ".join(m.value for m in Mode)
+                raise InvalidPayload(f"mode must be one of {modes}", field="mode") from None
+            if self._handoff is None:
+                raise NotFound()
+            found = await self._handoff.listing(identity, mode)
+        except AppError as exc:
+            return error_response(exc)
+        return web.json_response({"ok": True, "consultations": [c.to_wire() for c in found]})
 
     async def messages(self, request: web.Request) -> web.Response:
         try:

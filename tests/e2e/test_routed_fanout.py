@@ -26,15 +26,18 @@ async def test_an_instance_reads_a_room_only_while_it_has_a_member_there(
     on_a = await connect(app_a.url, token=token, join="routed")
     on_b = await connect(app_b.url, token=token, join="routed")
     elsewhere = await connect(app_c.url, token=token, join="quiet-room")
+    marker = await connect(app_a.url, token=token, join="quiet-room")
+    # A first marker: whatever the joins published (presence) has come and gone by then.
+    await marker.send("quiet-room", "a first marker")
+    await elsewhere.wait_for("userMessage")
     before = await fanout(app_c)
     assert before["mode"] == "redis"
 
     for i in range(30):
         await on_a.send("routed", f"m{i}")
     await on_b.wait_for("userMessage", count=30)
-    marker = await connect(app_a.url, token=token, join="quiet-room")
     await marker.send("quiet-room", "the marker, published after the 30")
-    await elsewhere.wait_for("userMessage")
+    await elsewhere.wait_for("userMessage", count=2)
     after = await fanout(app_c)
     # C received the marker of its own room and nothing of the 30 messages of "routed".
     assert after["messages_received"] - before["messages_received"] == 1
@@ -46,12 +49,14 @@ async def test_an_instance_reads_a_room_only_while_it_has_a_member_there(
     await late.wait_for("userMessage", count=5)
     assert (await fanout(app_c))["messages_received"] - after["messages_received"] >= 5
     await late.call("leaveConsultation", {"consultationId": "routed"})
+    await marker.send("quiet-room", "a marker after leaving")  # the leave's echoes are in
+    await elsewhere.wait_for("userMessage", count=3)
     left = await fanout(app_c)
     for i in range(5):
         await on_a.send("routed", f"after leaving {i}")
     await on_b.wait_for("userMessage", lambda m: m["content"] == "after leaving 4")
     await marker.send("quiet-room", "second marker")
-    await elsewhere.wait_for("userMessage", count=2)
+    await elsewhere.wait_for("userMessage", count=4)
     assert (await fanout(app_c))["messages_received"] - left["messages_received"] == 1
 
 

@@ -165,6 +165,8 @@ def build(
             RatePolicy(settings.rate_limit_messages, settings.rate_limit_window_seconds),
         ),
         moderation=_moderation(settings),
+        # Dev auth verifies nobody: guests share the default tenant's consultations.
+        open_access=settings.dev_auth,
     )
     admission = Admission(
         coordination.registry,
@@ -186,6 +188,7 @@ def build(
             max_active=settings.operator_max_active,
             wait_timeout_seconds=settings.operator_wait_timeout_seconds,
             grace_seconds=settings.operator_grace_seconds,
+            open_access=settings.dev_auth,
         ),
     )
     presence = PresenceService(coordination.presence, rooms)

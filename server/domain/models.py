@@ -7,6 +7,7 @@ fields, so adding a field is one edit here.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class Identity:
     role: Role = Role.USER
     name: str | None = None
     expires_at: datetime | None = None
+    guest: bool = False  # dev auth gave it a random name: a payload's userId may replace it
 
     @property
     def is_staff(self) -> bool:
@@ -71,6 +73,14 @@ class Identity:
     def user_room(self) -> str:
         """Every connection of this user (any instance, any transport) is in this room."""
         return f"u:{len(self.tenant_id)}:{self.tenant_id}:{self.user_id}"
+
+
+USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+
+
+def valid_user_id(value: object) -> bool:
+    """A user id a client may choose in dev auth: like a consultation id."""
+    return isinstance(value, str) and bool(USER_ID.fullmatch(value))
 
 
 def operators_room(tenant_id: str) -> str:

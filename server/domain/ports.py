@@ -305,8 +305,10 @@ class RoomPresence(Protocol):
 
 
 class TokenVerifier(Protocol):
-    def identify(self, token: str | None) -> Identity:
-        """The identity a token proves; raises :class:`Unauthorized`."""
+    def identify(self, token: str | None, *, dev: Mapping[str, Any] | None = None) -> Identity:
+        """The identity a token proves; raises :class:`Unauthorized`. In dev auth (no
+        secret) ``dev`` may choose it (``userId``, ``name``, ``role``): nothing is verified
+        there anyway."""
         ...
 
 

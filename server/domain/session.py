@@ -35,7 +35,7 @@ from .events import (
     Typing,
     TypingAck,
 )
-from .models import Consultation, Identity, iso
+from .models import Consultation, Identity, iso, valid_user_id
 
 if TYPE_CHECKING:
     from .connections import ConnectionService
@@ -173,6 +173,8 @@ class ChatSession:
             entry = CATALOGUE.client_event(event)
             if entry is None:
                 raise UnknownEvent(f"Unknown event {event[:64]!r}")
+            if self.identity.guest and isinstance(data, dict) and valid_user_id(data.get("userId")):
+                await self.services.connections.adopt(self, str(data["userId"]))
             payload = entry.payload.parse(data)
             ack = await getattr(self, entry.handler)(payload)
             return dict(ack.to_wire())

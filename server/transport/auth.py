@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 
 import jwt
 
-from ..domain.models import Identity, Role
+from ..domain.models import Identity, Role, valid_user_id
 from ..errors import Unauthorized
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,12 @@ class Authenticator:
     def dev_auth(self) -> bool:
         return not self.secret
 
-    def identify(self, token: str | None) -> Identity:
-        """Verify ``token``; without a secret, a missing token makes a guest."""
+    def identify(self, token: str | None, *, dev: Mapping[str, Any] | None = None) -> Identity:
+        """Verify ``token``. Without a secret (dev auth) there is nothing to verify: the
+        client may choose who it is (``dev``: userId, name, role), or is a guest."""
         if not token:
             if self.dev_auth:
-                return Identity(user_id=f"guest-{secrets.token_hex(6)}")
+                return dev_identity(dev)
             raise Unauthorized("A token is required")
         if self.dev_auth:
             # Without a secret nothing can be verified: trusting an unverified token would let
@@ -108,6 +109,21 @@ def _identity(claims: Mapping[str, Any]) -> Identity:
         role=parsed_role,
         name=name if isinstance(name, str) else None,
         expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+    )
+
+
+def dev_identity(claims: Mapping[str, Any] | None) -> Identity:
+    """A dev-auth identity as the client chose it, or a fresh guest."""
+    claims = claims or {}
+    user_id = claims.get("userId")
+    if not valid_user_id(user_id):
+        return Identity(user_id=f"guest-{secrets.token_hex(6)}", guest=True)
+    role = claims.get("role", Role.USER.value)
+    name = claims.get("name")
+    return Identity(
+        user_id=str(user_id),
+        role=Role(role) if role in {r.value for r in Role} else Role.USER,
+        name=name[:128] if isinstance(name, str) and name.strip() else None,
     )
 
 

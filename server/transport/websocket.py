@@ -181,7 +181,9 @@ class RawChatEndpoint:
     ) -> ChatSession | None:
         token = request.query.get("token") or bearer_token(request.headers.get("Authorization"))
         if token or self._dev_auth:
-            session = await self._open_session(ws, member, token)
+            # Dev auth: ?userId=&name=&role= choose who this client is (nothing is verified).
+            dev = {k: request.query[k] for k in ("userId", "name", "role") if k in request.query}
+            session = await self._open_session(ws, member, token, dev)
             if session is not None:
                 member.send("connected", self._connected(member, session.identity))
             return session
@@ -201,19 +203,25 @@ class RawChatEndpoint:
             await self._refuse(ws, member, Unauthorized('Send {"event": "auth"} first'))
             return None
         token = frame.data.get("token") if isinstance(frame.data, dict) else None
-        session = await self._open_session(ws, member, token if isinstance(token, str) else None)
+        session = await self._open_session(
+            ws, member, token if isinstance(token, str) else None, None
+        )
         if session is not None and frame.id is not None:
             member.ack(frame.id, {"ok": True, **_who(session.identity)})
         return session
 
     async def _open_session(
-        self, ws: web.WebSocketResponse, member: RawMember, token: str | None
+        self,
+        ws: web.WebSocketResponse,
+        member: RawMember,
+        token: str | None,
+        dev: dict[str, str] | None,
     ) -> ChatSession | None:
         async def close() -> None:  # the token expired without refreshToken
             await ws.close(code=CLOSE_UNAUTHORIZED, message=b"token expired")
 
         try:
-            return await self._connections.open(token, member.id, close)
+            return await self._connections.open(token, member.id, close, dev=dev)
         except AppError as exc:
             await self._refuse(ws, member, exc)
             return None

@@ -185,3 +185,31 @@ async def test_dev_auth_admits_guests_and_refuses_unverifiable_tokens(
     assert joined["consultation"]["tenantId"] == "default"
     error = await refused(server, token=make_token())
     assert error["data"]["code"] == "unauthorized"
+
+
+async def test_dev_auth_guests_share_consultations_and_choose_who_they_are(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server()  # no JWT secret: dev auth
+    ana = await connect(server.url, auth={"userId": "ana", "name": "Ana"}, join="shared-dev")
+    ben = await connect(server.url, auth={"userId": "ben"}, join="shared-dev")  # not the owner
+    sent = await ben.send("shared-dev", "hi Ana")
+    assert sent["userId"] == "ben"
+    [seen] = await ana.wait_for("userMessage")
+    assert seen == sent
+    staff = await connect(server.url, auth={"userId": "olga", "role": "operator"})
+    assert (await staff.call("getOperatorQueue"))["ok"] is True  # a dev operator
+    bad = await connect(server.url, auth={"userId": "no spaces allowed", "role": "root"})
+    joined = await bad.join("shared-dev")  # an unusable choice: a guest, still welcome
+    assert joined["ok"]
+
+
+async def test_dev_auth_guests_take_the_user_id_older_frontends_send(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server()
+    legacy = await connect(server.url, join="legacy")
+    sent = await legacy.send("legacy", "hello", userId="user-1", tenantId="tenant-1")
+    assert sent["userId"] == "user-1"
+    again = await legacy.send("legacy", "still me", userId="someone-else")
+    assert again["userId"] == "user-1"  # adopted once: a guest no more

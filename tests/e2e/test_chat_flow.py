@@ -20,9 +20,9 @@ def expected_reply(fake: FakeOpenAI, model: str) -> str:
 async def test_send_streams_a_reply_chunk_by_chunk_to_the_whole_room(
     start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
 ) -> None:
-    server = await start_server(ai_chunk_flush_ms=0)  # one aiChunk per delta
-    alice = await connect(server.url)
-    watcher = await connect(server.url, join="room-2")  # shared rooms: see test_access.py
+    server = await start_server(ai_chunk_flush_ms=0, jwt_secret=JWT_SECRET)  # one chunk a delta
+    alice = await connect(server.url, token=make_token("alice"))
+    watcher = await connect(server.url, token=make_token("walt"), join="room-2")
     joined = await alice.join("room-1")
     assert joined["messages"] == []
     assert joined["consultation"]["consultationId"] == "room-1"
@@ -32,7 +32,7 @@ async def test_send_streams_a_reply_chunk_by_chunk_to_the_whole_room(
     assert sent["seq"] == 1
     assert sent["role"] == "user"
     assert sent["content"] == "I have a headache"
-    assert sent["userId"].startswith("guest-")  # identity comes from the connection, not payload
+    assert sent["userId"] == "alice"  # identity comes from the token, never from the payload
 
     await alice.wait_reply_done()
     reply = expected_reply(fake_openai, "good")

@@ -60,3 +60,13 @@ async def test_the_console_snippet_works_on_mongo_with_the_offline_assistant(
     assert seen["aiMessage"]["model"] == "offline"
     assert seen["aiMessage"]["content"].startswith("[Offline assistant]")
     assert seen["errors"] == []
+
+
+async def test_the_console_snippet_works_when_pasted_twice(start_server: StartServer) -> None:
+    server = await start_server()  # dev auth: a second paste is a second guest
+    first = await run_snippet(server.url, "websocket")
+    second = await run_snippet(server.url, "websocket")
+    for seen in (first, second):
+        assert "I have a headache, what should I do?" in seen["aiMessage"]["content"]
+        assert seen["errors"] == []
+    assert second["aiMessage"]["seq"] > first["aiMessage"]["seq"]  # the same consultation

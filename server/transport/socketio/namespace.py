@@ -52,7 +52,12 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         cid = self.connection_id(sid)
         self._hub.attach(SocketIOMember(cid, eio_sid, self.server.eio.sockets, NAMESPACE))
         try:
-            session = await self._connections.open(token_from_handshake(environ, auth), cid, close)
+            session = await self._connections.open(
+                token_from_handshake(environ, auth),
+                cid,
+                close,
+                dev=auth if isinstance(auth, dict) else None,
+            )
         except AppError as exc:
             await self._hub.detach(cid)
             # Two arguments: socket.io-client then sees err.message and err.data.code.

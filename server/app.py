@@ -40,6 +40,7 @@ from .errors import AppError
 from .storage.memory import MemoryStore
 from .transport.auth import Authenticator
 from .transport.net import parse_networks
+from .transport.pages import ClientScript, Pages
 from .transport.rest import Routes, cors_middleware
 from .transport.rooms import RoomHub
 from .transport.socketio.namespace import ChatNamespace
@@ -263,12 +264,12 @@ def create_app(
         components.consultations,
         components.authenticator,
         components.readiness,
-        settings.socketio_client_url,
         connections=lambda: components.connections.count,
         status=components.status,
         status_public=settings.status_is_public,
         handoff=components.handoff,
     ).install(app)
+    Pages(client_script(settings)).install(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)
     return app
@@ -299,6 +300,10 @@ async def _drain(app: web.Application) -> None:
     await parts.raw.close_all()
     await close_sockets(parts.sio)
     await parts.sio.shutdown()
+
+
+def client_script(settings: Settings) -> ClientScript:
+    return ClientScript.choose(settings.socketio_client_url, settings.socketio_client_bundle)
 
 
 def describe_mode(settings: Settings) -> list[tuple[int, str]]:
@@ -344,6 +349,7 @@ def describe_mode(settings: Settings) -> list[tuple[int, str]]:
         )
     else:
         lines.append((logging.INFO, f"auth: JWT ({', '.join(settings.jwt_algorithms)})"))
+    lines.append((logging.INFO, client_script(settings).describe()))
     return lines
 
 

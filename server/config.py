@@ -21,7 +21,10 @@ DEFAULT_SYSTEM_PROMPT = (
     "substitute for a qualified professional: when symptoms or situations sound urgent, advise "
     "the user to contact emergency services or a qualified professional right away."
 )
-DEFAULT_SOCKETIO_CLIENT_URL = "https://cdn.socket.io/4.8.1/socket.io.min.js"
+# Where scripts/serve and the Docker image install socket.io-client's browser bundle (npm).
+DEFAULT_SOCKETIO_CLIENT_BUNDLE = (
+    ".cache/socket.io-client/node_modules/socket.io-client/dist/socket.io.min.js"
+)
 
 # Comma-separated on the environment (``AI_MODELS=a,b``), a tuple in Python.
 Items = Annotated[tuple[str, ...], NoDecode]
@@ -82,7 +85,8 @@ class Settings(BaseSettings):
     operator_grace_seconds: Seconds = 60.0
     moderation_blocklist_file: str | None = None
     history_page_size: Count = 50
-    socketio_client_url: str = DEFAULT_SOCKETIO_CLIENT_URL
+    socketio_client_url: str | None = None
+    socketio_client_bundle: str = DEFAULT_SOCKETIO_CLIENT_BUNDLE
     status_public: bool | None = None
     ping_interval: Seconds = 25.0
     ping_timeout: Seconds = 20.0

@@ -1,11 +1,9 @@
-"""HTTP routes: history API, health probes, the demo page; CORS for browser callers."""
+"""HTTP routes: history API, health probes, status; CORS for browser callers."""
 
 from __future__ import annotations
 
-import html
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from importlib import resources
 from typing import Any
 
 from aiohttp import web
@@ -33,7 +31,6 @@ class Routes:
         service: ConsultationService,
         verifier: TokenVerifier,
         readiness: Readiness,
-        socketio_client_url: str,
         *,
         connections: Callable[[], int] = lambda: 0,
         status: Status | None = None,
@@ -47,20 +44,14 @@ class Routes:
         self._service = service
         self._auth = verifier
         self._readiness = readiness
-        page = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
-        self._page = page.replace("{{SOCKETIO_CLIENT_URL}}", html.escape(socketio_client_url))
 
     def install(self, app: web.Application) -> None:
-        app.router.add_get("/", self.index)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/api/consultations/{consultation_id}/messages", self.messages)
         app.router.add_get("/ws/status", self.status)
         app.router.add_get("/api/operator/queue", self.operator_queue)
         app.router.add_get("/api/consultations", self.consultations)
-
-    async def index(self, request: web.Request) -> web.Response:
-        return web.Response(text=self._page, content_type="text/html")
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "connections": self._connections()})

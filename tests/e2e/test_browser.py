@@ -1,57 +1,103 @@
-"""The demo page and the README console snippet in a real browser (headless Chromium)."""
+"""The pages and the README console snippet in a real browser (headless Chromium), with the
+official socket.io-client bundle served by our server (the CDN is made unreachable)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
-from aiohttp import web
 
 from tests.conftest import StartServer
-from tests.servers import serve
 
 JS = Path(__file__).resolve().parent.parent / "js"
-CLIENT_DIST = JS / "node_modules" / "socket.io-client" / "dist"
+BUNDLE = JS / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+CDN = "https://cdn.socket.io/4.8.1/socket.io.min.js"
 
 
-@pytest.fixture
-async def client_script_url() -> AsyncIterator[str]:
-    """Serve the socket.io-client bundle installed from npm: the page's CDN is unreachable
-    here, which is what SOCKETIO_CLIENT_URL is for."""
-    app = web.Application()
-    app.router.add_static("/", CLIENT_DIST)
-    async with serve(app) as served:
-        yield f"{served.url}/socket.io.min.js"
-
-
-async def test_the_console_snippet_and_the_chat_page_work_in_chromium(
-    start_server: StartServer, client_script_url: str, tmp_path: Path
-) -> None:
+async def run_browser(base: str, fallback_base: str, shots: Path) -> dict[str, Any]:
     node = shutil.which("node")
     if node is None or not (JS / "node_modules" / "playwright-core").is_dir():
         pytest.fail("node and tests/js/node_modules are needed: run scripts/test")
     if shutil.which("chromium") is None:
         pytest.fail("chromium is needed: scripts/test installs it")
-    server = await start_server(socketio_client_url=client_script_url)
-    screenshot = tmp_path / "page.png"
     process = await asyncio.create_subprocess_exec(
         node,
         str(JS / "browser.mjs"),
-        server.url,
-        str(screenshot),
+        base,
+        fallback_base,
+        str(shots),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 90)
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 150)
     assert process.returncode == 0, stderr.decode()[-3000:]
-    seen = json.loads(stdout.decode().strip().splitlines()[-1])
-    [logged] = seen["consoleLines"]
+    seen: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert "failure" not in seen, (seen["lastStep"], seen["failure"])
+    return seen
+
+
+async def history(base: str, consultation_id: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http:
+        url = f"{base}/api/consultations/{consultation_id}/messages?limit=200"
+        async with http.get(url) as response:
+            assert response.status == 200
+            body = await response.json()
+    messages: list[dict[str, Any]] = body["messages"]
+    return messages
+
+
+async def test_the_pages_chat_stream_stop_reload_and_hand_off_in_chromium(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    # Slow tokens, so that the reply is seen streaming and Stop lands mid-reply.
+    server = await start_server(ai_models=("slow-40",), socketio_client_bundle=str(BUNDLE))
+    fallback = await start_server(socketio_client_url=CDN, socketio_client_bundle=str(BUNDLE))
+    seen = await run_browser(server.url, fallback.url, tmp_path)
+
+    assert seen["pageErrors"] == []
+    # The README snippet, verbatim, in the page's console.
+    [logged] = seen["snippetLines"]
     assert logged.startswith("AI: Echo: I have a headache, what should I do?")
-    assert "Joined page-room." in seen["logText"]
-    assert "You: Is this page working?" in seen["logText"]
-    assert "Assistant: Echo: Is this page working?" in seen["logText"]
-    assert screenshot.stat().st_size > 0
+    # Markdown rendered; the <script> in the reply shown as text, never run.
+    assert seen["bold"] == "this"
+    assert "<script>window.pwned = 1</script>" in seen["replyText"]
+    assert seen["pwned"] is None and seen["scriptsInLog"] == 0
+    # Reload: the same conversation comes back (same identity and consultation, kept by the
+    # page), every bubble in place, in seq order.
+    assert seen["afterReload"] == seen["beforeReload"]
+    seqs = [bubble["seq"] for bubble in seen["afterReload"]]
+    assert seqs == sorted(seqs) and len(seqs) == 4
+    # Handoff: the console showed the request, took it over with the history, saw the user
+    # typing; the user's page got the operator's message.
+    assert "I want a person" in seen["queueItem"] and "#1" in seen["queueItem"]
+    assert seen["operatorHistory"] >= 4
+    assert seen["userId"] in seen["operatorIndicator"]
+    assert "Dana (support)" in seen["operatorBubble"]
+
+    # What the page showed is what was stored.
+    stored = await history(server.url, seen["consultationId"])
+    by_id = {message["id"]: message for message in stored}
+    for bubble in seen["finalLog"]:
+        message = by_id[bubble["id"]]
+        if message["role"] != "system":
+            assert bubble["text"] == message["content"] or message["role"] == "assistant"
+    stopped = [m for m in stored if m["role"] == "assistant" and m["status"] == "stopped"]
+    assert len(stopped) == 1
+    operator = [m for m in stored if m["role"] == "operator"]
+    assert [(m["userId"], m.get("authorName"), m["content"]) for m in operator] == [
+        ("op-dana", "Dana", "Hello, I am Dana from support.")
+    ]
+    assert stored[-1]["role"] == "system"  # "… handed the consultation back to the assistant"
+
+    # With the CDN named first and unreachable, the page fell back to the local bundle.
+    assert seen["fallbackStatus"] == "Connected"
+    assert CDN in seen["cdnRequests"]
+    assert (tmp_path / "chat.png").stat().st_size > 0
+    if keep := os.environ.get("KEEP_SCREENSHOTS"):
+        shutil.copytree(tmp_path, keep, dirs_exist_ok=True)

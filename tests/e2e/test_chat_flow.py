@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -212,18 +213,53 @@ async def test_leave_stops_delivery_and_sending_requires_a_join(
     assert after_leave["error"]["code"] == "not_joined"
 
 
-async def test_health_and_readiness_and_demo_page(start_server: StartServer) -> None:
-    server = await start_server(socketio_client_url="/static/sio-test.js")
+async def test_health_and_readiness_and_pages(start_server: StartServer, tmp_path: Path) -> None:
+    bundle = tmp_path / "socket.io.min.js"
+    bundle.write_text("window.io = function () {};")
+    server = await start_server(socketio_client_bundle=str(bundle))
     async with aiohttp.ClientSession() as http:
         async with http.get(server.url + "/healthz") as response:
             assert response.status == 200
         async with http.get(server.url + "/readyz") as response:
             assert response.status == 200
             assert (await response.json())["checks"] == {"storage": "ok"}
+        for page in ("/", "/operator"):
+            async with http.get(server.url + page) as response:
+                html = await response.text()
+                # The local bundle first; the CDN only when it did not define io.
+                assert '<script src="/vendor/socket.io.min.js"></script>' in html
+                assert "window.io || document.write" in html and "cdn.socket.io" in html
+                assert "{{" not in html
+        async with http.get(server.url + "/operator") as response:
+            assert "acceptConsultation" in await response.text()
+        async with http.get(server.url + "/static/chat.js") as response:
+            assert response.status == 200
+            assert response.content_type == "text/javascript"
+        async with http.get(server.url + "/static/../config.py") as response:
+            assert response.status == 404
+        async with http.get(server.url + "/vendor/socket.io.min.js") as response:
+            assert await response.text() == "window.io = function () {};"
+
+
+async def test_the_pages_use_the_cdn_without_a_local_bundle_and_an_override_first(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "missing.js")
+    server = await start_server(socketio_client_bundle=missing)
+    async with aiohttp.ClientSession() as http:
         async with http.get(server.url + "/") as response:
-            page = await response.text()
-            assert '<script src="/static/sio-test.js"></script>' in page
-            assert "joinConsultation" in page
+            html = await response.text()
+            assert '<script src="https://cdn.socket.io/4.8.1/socket.io.min.js"></script>' in html
+            assert "document.write" not in html  # nothing to fall back to
+        async with http.get(server.url + "/vendor/socket.io.min.js") as response:
+            assert response.status == 404
+    other = await start_server(
+        socketio_client_url="/static/sio-test.js", socketio_client_bundle=missing
+    )
+    async with aiohttp.ClientSession() as http, http.get(other.url + "/") as response:
+        html = await response.text()
+        assert '<script src="/static/sio-test.js"></script>' in html
+        assert "cdn.socket.io" in html  # the fallback
 
 
 async def test_fast_deltas_are_coalesced_and_the_first_token_goes_out_at_once(

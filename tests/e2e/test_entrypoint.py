@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 
+import aiohttp
 import jwt
 import pytest
 
@@ -48,11 +49,22 @@ async def test_a_bare_server_starts_with_embedded_defaults_and_says_so(
         assert "hello offline" in message["content"]
     finally:
         await client.disconnect()
+    # Requests that are not Engine.IO's: a warning once, no ERROR, no traceback.
+    async with aiohttp.ClientSession() as http:
+        for path in ("/socket.io/", "/socket.io/", "/socket.io/?EIO=4&transport=polling&sid=x"):
+            async with http.get(url + path) as response:
+                assert response.status == 400
     process.terminate()
     log, _ = process.communicate(timeout=15)
     for expected in ("IN-MEMORY", "SINGLE INSTANCE", "OFFLINE", "DEV AUTH", "listening on"):
         assert expected in log, log
+    assert "pages: socket.io-client from " in log
     assert "Traceback" not in log, log
+    assert " ERROR " not in log, log
+    unsupported = [line for line in log.splitlines() if "unsupported version" in line]
+    assert len(unsupported) == 2, log  # once as a warning, the repeat at INFO; printed once each
+    assert " WARNING engineio.server: The client is using an unsupported" in unsupported[0]
+    assert " INFO engineio.server: " in unsupported[1]
 
 
 def test_token_command_prints_a_token_the_server_accepts() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from server.storage.mongo import MongoStore
-from tests.conftest import StartServer
+from tests.conftest import JWT_SECRET, StartServer
 
 JS = Path(__file__).resolve().parent.parent / "js"
 
@@ -42,6 +42,7 @@ async def test_the_console_snippet_gets_a_streamed_answer(
     seen = await run_snippet(server.url, *transport)
     message = seen["aiMessage"]
     assert seen["logged"] == f"AI: {message['content']}"
+    assert seen["warned"] == []
     assert "I have a headache, what should I do?" in message["content"]
     assert "".join(c["content"] for c in seen["chunks"]) == message["content"]
     assert seen["chunks"][-1]["isComplete"] is True
@@ -70,3 +71,17 @@ async def test_the_console_snippet_works_when_pasted_twice(start_server: StartSe
         assert "I have a headache, what should I do?" in seen["aiMessage"]["content"]
         assert seen["errors"] == []
     assert second["aiMessage"]["seq"] > first["aiMessage"]["seq"]  # the same consultation
+
+
+async def test_the_console_snippet_says_why_it_cannot_connect_or_send(
+    start_server: StartServer,
+) -> None:
+    locked = await start_server(jwt_secret=JWT_SECRET)  # no token in the snippet
+    seen = await run_snippet(locked.url, "websocket")
+    assert seen["warned"] == ["Cannot connect: unauthorized"]
+    assert seen["aiMessage"] is None
+    strict = await start_server(max_message_chars=10)
+    seen = await run_snippet(strict.url, "websocket")
+    [warned] = seen["warned"]
+    assert warned.startswith("Error: invalid_payload content")
+    assert seen["aiMessage"] is None

@@ -156,6 +156,21 @@ def websocket_class(compression: bool) -> type[DriverWebSocket]:
     return TunedWebSocket
 
 
+class ClientErrorLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """What python-socketio/engineio log at ERROR is a client's bad request (a bare ``GET
+    /socket.io/``, an unknown sid, a bad transport), said once and then at INFO: a WARNING
+    without traceback here (repeats stay at INFO). Their bugs still log with a traceback
+    (``exception``). Passing a logger object also keeps them from adding their own handler
+    (which printed every line twice)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        kwargs.pop("exc_info", None)
+        self.log(logging.WARNING, msg, *args, **kwargs)
+
+
 def create_server(settings: Settings) -> ChatServer:
     server = ChatServer(
         async_mode="aiohttp",
@@ -167,8 +182,8 @@ def create_server(settings: Settings) -> ChatServer:
         ping_interval=settings.ping_interval,
         ping_timeout=settings.ping_timeout,
         max_http_buffer_size=settings.max_http_buffer_size,
-        logger=False,
-        engineio_logger=False,
+        logger=ClientErrorLogger(logging.getLogger("socketio.server")),
+        engineio_logger=ClientErrorLogger(logging.getLogger("engineio.server")),
     )
     server.eio.sockets = LeanSockets()
     # The aiohttp driver's WebSocket wrapper is python-engineio's hook for this.

@@ -1,0 +1,104 @@
+"""The browser pages: the demo chat (``/``), the operator console (``/operator``), their shared
+CSS/JS (``/static/``) and, when installed, the socket.io-client bundle (``/vendor/``)."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+CDN_CLIENT_URL = "https://cdn.socket.io/4.8.1/socket.io.min.js"
+LOCAL_CLIENT_URL = "/vendor/socket.io.min.js"
+STATIC_FILES = {"chat.css": "text/css", "chat.js": "text/javascript"}
+PAGES = {"/": "index.html", "/operator": "operator.html"}
+
+
+@dataclass(frozen=True)
+class ClientScript:
+    """Where the pages load socket.io-client from, and where they fall back to."""
+
+    url: str
+    fallback: str | None
+    bundle: Path | None  # the local copy served under /vendor/, when there is one
+
+    @classmethod
+    def choose(cls, override: str | None, bundle_path: str | None) -> ClientScript:
+        """``SOCKETIO_CLIENT_URL`` when set; else the locally installed bundle (works offline);
+        else the CDN. Whichever is not first is the fallback."""
+        bundle = Path(bundle_path) if bundle_path else None
+        if bundle is not None and not bundle.is_file():
+            bundle = None
+        local = LOCAL_CLIENT_URL if bundle is not None else None
+        url = override or local or CDN_CLIENT_URL
+        fallback = local if local and url != local else CDN_CLIENT_URL
+        return cls(url=url, fallback=fallback if fallback != url else None, bundle=bundle)
+
+    def describe(self) -> str:
+        source = (
+            f"{self.url} (local bundle {self.bundle})" if self.url == LOCAL_CLIENT_URL else self.url
+        )
+        extra = f", falling back to {self.fallback}" if self.fallback else ""
+        return f"pages: socket.io-client from {source}{extra}"
+
+    def tags(self) -> dict[str, str]:
+        fallback = ""
+        if self.fallback:
+            # Loaded only when the first script did not define io (unreachable CDN, proxy).
+            # "<\/script>" inside the string, or the HTML parser would end the outer script.
+            tag = json.dumps(f'<script src="{html.escape(self.fallback)}"></script>')
+            tag = tag.replace("/", "\\/")
+            fallback = f"<script>window.io || document.write({tag})</script>"
+        return {
+            "{{SOCKETIO_CLIENT_URL}}": html.escape(self.url),
+            "{{SOCKETIO_CLIENT_FALLBACK}}": fallback,
+        }
+
+
+class Pages:
+    def __init__(self, client: ClientScript) -> None:
+        self._client = client
+        folder = resources.files(__package__).joinpath("static")
+        self._pages: dict[str, str] = {}
+        for route, name in PAGES.items():
+            text = folder.joinpath(name).read_text("utf-8")
+            for placeholder, value in client.tags().items():
+                text = text.replace(placeholder, value)
+            self._pages[route] = text
+        self._static = {name: folder.joinpath(name).read_bytes() for name in STATIC_FILES}
+
+    def install(self, app: web.Application) -> None:
+        for route in PAGES:
+            app.router.add_get(route, self.page)
+        app.router.add_get("/static/{name}", self.static)
+        if self._client.bundle is not None:
+            app.router.add_get(LOCAL_CLIENT_URL, self.bundle)
+            app.router.add_get(LOCAL_CLIENT_URL + ".map", self.bundle_map)
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._pages[request.path], content_type="text/html")
+
+    async def static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self._static:
+            raise web.HTTPNotFound()
+        return web.Response(
+            body=self._static[name],
+            content_type=STATIC_FILES[name],
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    async def bundle(self, request: web.Request) -> web.FileResponse:
+        assert self._client.bundle is not None
+        return web.FileResponse(self._client.bundle, headers={"Cache-Control": "max-age=3600"})
+
+    async def bundle_map(self, request: web.Request) -> web.StreamResponse:
+        assert self._client.bundle is not None
+        source_map = self._client.bundle.with_name(self._client.bundle.name + ".map")
+        if not source_map.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(source_map)

@@ -10,9 +10,10 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from .app import authenticator, create_app, describe_mode
+from .app import authenticator, create_app, describe_mode, new_instance_id
 from .config import ConfigError, Settings
 from .domain.models import Role
+from .observability import logs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if not settings.instance_id:  # one name for the logs, connection ids and status
+        settings = settings.model_copy(update={"instance_id": new_instance_id()})
+    assert settings.instance_id is not None
+    logs.configure(settings.log_level, settings.log_format, settings.instance_id)
     log = logging.getLogger("server")
     for level, line in describe_mode(settings):
         log.log(level, line)

@@ -7,6 +7,8 @@ assistant); ``create_app`` mounts them on aiohttp. Every component with a lifecy
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -32,11 +34,12 @@ from .domain.connections import ConnectionService
 from .domain.consultations import ConsultationService, Limits
 from .domain.handoff import HandoffService, HandoffSettings
 from .domain.policies import Admission, ConnectionPolicy, Moderation, RateLimiter, RatePolicy
-from .domain.ports import Assistant, Store
+from .domain.ports import Assistant, Metrics, Store
 from .domain.presence import PresenceService
 from .domain.replies import ReplyCoordination, ReplyService, ReplySettings
 from .domain.session import Services
 from .errors import AppError
+from .observability.metrics import Live, PrometheusMetrics
 from .storage.memory import MemoryStore
 from .transport.auth import Authenticator
 from .transport.net import parse_networks
@@ -77,6 +80,7 @@ class Components:
     consultations: ConsultationService
     connections: ConnectionService
     handoff: HandoffService
+    metrics: PrometheusMetrics
     resources: list[Resource] = field(default_factory=list)
     probes: dict[str, Probe] = field(default_factory=dict)
 
@@ -85,12 +89,9 @@ class Components:
     async def readiness(self) -> dict[str, str]:
         return {name: await probe() for name, probe in self.probes.items()}
 
-    async def status(self) -> dict[str, Any]:
-        """``GET /ws/status``: what this instance carries now, and since it started."""
-        broker = self.hub.broker
+    def figures(self) -> dict[str, int]:
+        """What this instance carries now, and since it started (summed for the cluster)."""
         return {
-            "instance": self.hub.instance_id,
-            "uptime": round(time.monotonic() - self.started_at, 1),
             "total_connections": self.connections.opened_total,
             "active_connections": self.connections.count,
             "max_connections": self.settings.max_connections,
@@ -98,6 +99,38 @@ class Components:
             "consultations_active": sum(1 for r in self.hub.rooms() if r.startswith("c:")),
             "ai_replies_in_flight": len(self.replies.streaming_now),
             "ai_replies_taken_over": self.replies.taken_over,
+        }
+
+    async def heartbeat(self) -> None:
+        """Report this instance's figures for the cluster totals, every few seconds."""
+        directory = self.coordination.instances
+        while True:
+            try:
+                await directory.report(self.hub.instance_id, self.figures(), HEARTBEAT_TTL)
+            except AppError as exc:
+                log.debug("heartbeat skipped: %s", exc.message)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def cluster(self) -> dict[str, Any] | None:
+        """Totals over the live instances (None on a single instance)."""
+        if not self.hub.broker.distributed:
+            return None
+        try:
+            live = await self.coordination.instances.live()
+        except AppError as exc:
+            return {"error": exc.code, "message": exc.message}
+        live[self.hub.instance_id] = self.figures()  # fresher than its last heartbeat
+        totals = {name: sum(figures.get(name, 0) for figures in live.values()) for name in FIGURES}
+        return {"instances": sorted(live), **totals}
+
+    async def status(self) -> dict[str, Any]:
+        """``GET /ws/status``: what this instance carries now, and since it started."""
+        broker = self.hub.broker
+        return {
+            "instance": self.hub.instance_id,
+            "uptime": round(time.monotonic() - self.started_at, 1),
+            **self.figures(),
+            "cluster": await self.cluster(),
             "fanout": {
                 "mode": "redis" if broker.distributed else "local",
                 "subscriptions": len(broker.subscriptions()),
@@ -112,6 +145,17 @@ class Components:
 
 
 COMPONENTS = web.AppKey("components", Components)
+HEARTBEAT_SECONDS = 5.0
+HEARTBEAT_TTL = 3 * HEARTBEAT_SECONDS  # a dead instance leaves the totals within this
+FIGURES = (
+    "total_connections",
+    "active_connections",
+    "max_connections",
+    "total_messages",
+    "consultations_active",
+    "ai_replies_in_flight",
+    "ai_replies_taken_over",
+)
 
 
 def authenticator(settings: Settings) -> Authenticator:
@@ -126,11 +170,12 @@ def authenticator(settings: Settings) -> Authenticator:
 def build(
     settings: Settings, *, store: Store | None = None, assistant: Assistant | None = None
 ) -> Components:
+    metrics = PrometheusMetrics()
     store = store or _store(settings)
-    assistant = assistant or _assistant(settings)
+    assistant = assistant or _assistant(settings, metrics)
     redis = _redis(settings)
     coordination = on_redis(redis) if redis is not None else in_memory()
-    hub = RoomHub(_broker(settings), settings.instance_id or _instance_id())
+    hub = RoomHub(_broker(settings), settings.instance_id or new_instance_id())
     rooms = hub
     sio = create_server(settings)
     replies = ReplyService(
@@ -152,6 +197,7 @@ def build(
             chunk_flush_seconds=settings.ai_chunk_flush_ms / 1000,
             resume=settings.ai_resume,
         ),
+        metrics=metrics,
     )
     consultations = ConsultationService(
         store,
@@ -168,6 +214,7 @@ def build(
         moderation=_moderation(settings),
         # Dev auth verifies nobody: guests share the default tenant's consultations.
         open_access=settings.dev_auth,
+        metrics=metrics,
     )
     admission = Admission(
         coordination.registry,
@@ -191,11 +238,22 @@ def build(
             grace_seconds=settings.operator_grace_seconds,
             open_access=settings.dev_auth,
         ),
+        metrics=metrics,
     )
     presence = PresenceService(coordination.presence, rooms)
-    connections.bind(Services(consultations, handoff, presence, connections))
+    connections.bind(
+        Services(
+            consultations,
+            handoff,
+            presence,
+            connections,
+            metrics=metrics,
+            log_content=settings.log_content,
+        )
+    )
     proxies = parse_networks(settings.trusted_proxies)
     sio.register_namespace(ChatNamespace(connections, hub, proxies))
+    _admin_ui(sio, settings, hub.instance_id)
     raw = RawChatEndpoint(
         connections,
         hub,
@@ -221,17 +279,13 @@ def build(
         consultations,
         connections,
         handoff,
+        metrics,
     )
+    metrics.watch(_live_figures(components))
     components.probes["storage"] = lambda: _check(store.ping())
     components.resources.append(Resource("store", store.start, store.close))
     if redis is not None:
-        components.probes["coordination"] = lambda: _check(redis.ping())
-        components.resources.append(Resource("redis", redis.start, redis.close))
-
-        async def fanout_state() -> str:
-            return hub.state()
-
-        components.probes["fanout"] = fanout_state
+        _distributed(components, redis)
     components.resources.append(Resource("fan-out", hub.start, hub.stop))
 
     async def start_connections() -> None:
@@ -252,6 +306,45 @@ def build(
     return components
 
 
+def _distributed(components: Components, redis: RedisHandle) -> None:
+    """With Redis: its probes, its client's lifecycle, and the heartbeat for cluster status."""
+    hub = components.hub
+    components.probes["coordination"] = lambda: _check(redis.ping())
+    components.resources.append(Resource("redis", redis.start, redis.close))
+
+    async def fanout_state() -> str:
+        return hub.state()
+
+    components.probes["fanout"] = fanout_state
+    heartbeat: list[asyncio.Task[None]] = []
+
+    async def start_heartbeat() -> None:
+        heartbeat.append(asyncio.create_task(components.heartbeat()))
+
+    async def stop_heartbeat() -> None:
+        for task in heartbeat:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(AppError):
+            await components.coordination.instances.forget(hub.instance_id)
+
+    components.resources.append(Resource("heartbeat", start_heartbeat, stop_heartbeat))
+
+
+def _admin_ui(sio: socketio.AsyncServer, settings: Settings, instance_id: str) -> None:
+    """The official Admin UI (namespace /admin), when credentials are set: read-only, since
+    rooms live in our hub, not in python-socketio's manager; "production" mode keeps its
+    per-event cost off."""
+    if settings.admin_ui_username and settings.admin_ui_password:
+        sio.instrument(
+            auth={"username": settings.admin_ui_username, "password": settings.admin_ui_password},
+            mode="production",
+            read_only=True,
+            server_id=instance_id,
+        )
+
+
 def create_app(
     settings: Settings, *, store: Store | None = None, assistant: Assistant | None = None
 ) -> web.Application:
@@ -268,6 +361,7 @@ def create_app(
         status=components.status,
         status_public=settings.status_is_public,
         handoff=components.handoff,
+        metrics=components.metrics.exposition,
     ).install(app)
     Pages(client_script(settings)).install(app)
     app.cleanup_ctx.append(_lifecycle)
@@ -398,7 +492,7 @@ def _broker(settings: Settings) -> Broker:
     )
 
 
-def _instance_id() -> str:
+def new_instance_id() -> str:
     """Unique among running instances: connection ids and status reports carry it."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -415,7 +509,51 @@ def _store(settings: Settings) -> Store:
     return MemoryStore()
 
 
-def _assistant(settings: Settings) -> Assistant:
+def _live_figures(parts: Components) -> Live:
+    broker = parts.hub.broker
+    return Live(
+        gauges={
+            "connections": ("Open connections (both transports)", lambda: parts.connections.count),
+            "ai_replies_in_flight": (
+                "Replies streaming on this instance",
+                lambda: len(parts.replies.streaming_now),
+            ),
+            "fanout_subscriptions": (
+                "Room channels subscribed",
+                lambda: len(broker.subscriptions()),
+            ),
+        },
+        counters={
+            "connections_opened": ("Connections admitted", lambda: parts.connections.opened_total),
+            "ai_replies_taken_over": (
+                "Replies continued after their instance died",
+                lambda: parts.replies.taken_over,
+            ),
+            "fanout_messages_published": (
+                "Room messages published to the broker",
+                lambda: broker.stats.messages_published,
+            ),
+            "fanout_messages_received": (
+                "Room messages received from the broker",
+                lambda: broker.stats.messages_received,
+            ),
+            "fanout_publish_failures": (
+                "Publishes that failed (kept in the outbox, or filled from the store)",
+                lambda: broker.stats.publish_failures,
+            ),
+            "fanout_reconnects": (
+                "Reconnections of the broker's listeners",
+                lambda: broker.stats.reconnects,
+            ),
+            "fanout_gaps_filled": (
+                "Messages read from the store to fill a gap in a room's seq order",
+                lambda: parts.hub.gaps_filled,
+            ),
+        },
+    )
+
+
+def _assistant(settings: Settings, metrics: Metrics) -> Assistant:
     if not settings.openai_api_key:
         return OfflineAssistant(settings.offline_word_delay_seconds)
     client = make_client(
@@ -427,4 +565,4 @@ def _assistant(settings: Settings) -> Assistant:
         )
         for model in settings.ai_models
     ]
-    return FallbackAssistant(chain, close=client.close)
+    return FallbackAssistant(chain, close=client.close, metrics=metrics)

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     ws_auth_timeout_seconds: Seconds = 10.0
     gc_tuning: bool = True
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    log_content: bool = False
+    admin_ui_username: str | None = None
+    admin_ui_password: str | None = Field(default=None, repr=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -131,6 +135,12 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: str) -> str:
         return value.upper()
+
+    @model_validator(mode="after")
+    def _admin_ui_pair(self) -> Self:
+        if bool(self.admin_ui_username) != bool(self.admin_ui_password):
+            raise ValueError("ADMIN_UI_USERNAME and ADMIN_UI_PASSWORD must be set together")
+        return self
 
     @property
     def dev_auth(self) -> bool:

@@ -1,7 +1,7 @@
 """Coordination between instances, one module per concern (``locks``, ``queue``, ``buffer``,
-``inflight``, ``presence``, ``stops``, ``rates``, ``registry``), each with a memory and a Redis
-implementation; ``failover`` wraps each Redis one so that an instance keeps serving its own
-clients while Redis is down."""
+``inflight``, ``presence``, ``stops``, ``rates``, ``registry``, ``instances``), each with a
+memory and a Redis implementation; ``failover`` wraps each Redis one so that an instance keeps
+serving its own clients while Redis is down."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from ..domain.ports import (
     ConnectionRegistry,
+    InstanceDirectory,
     RateLimits,
     ReplyBuffer,
     ReplyLocks,
@@ -30,6 +31,7 @@ from .failover import (
     FailoverStopSignals,
 )
 from .inflight import MemoryReplyRegistry, RedisReplyRegistry
+from .instances import MemoryInstanceDirectory, RedisInstanceDirectory
 from .locks import MemoryReplyLocks, RedisReplyLocks
 from .presence import MemoryRoomPresence, RedisRoomPresence
 from .queue import MemoryReplyQueue, RedisReplyQueue
@@ -51,6 +53,7 @@ class Coordination:
     registry: ConnectionRegistry
     inflight: ReplyRegistry
     presence: RoomPresence
+    instances: InstanceDirectory
 
 
 def in_memory() -> Coordination:
@@ -64,6 +67,7 @@ def in_memory() -> Coordination:
         registry=MemoryConnectionRegistry(),
         inflight=MemoryReplyRegistry(),
         presence=MemoryRoomPresence(),
+        instances=MemoryInstanceDirectory(),
     )
 
 
@@ -82,4 +86,6 @@ def on_redis(redis: RedisHandle) -> Coordination:
         ),
         inflight=FailoverReplyRegistry(RedisReplyRegistry(redis), local.inflight, degraded),
         presence=FailoverRoomPresence(RedisRoomPresence(redis), local.presence, degraded),
+        # Status only: no failover (with Redis down, status says the totals are unknown).
+        instances=RedisInstanceDirectory(redis),
     )

@@ -54,14 +54,32 @@ class ConnectionService:
         close: Close,
         *,
         dev: Mapping[str, Any] | None = None,
+        transport: str = "socketio",
+        address: str | None = None,
     ) -> ChatSession:
         """Admit a connection: raises :class:`Unauthorized` or :class:`TooManyConnections`.
         ``close`` is how the transport drops it (token expiry); ``dev`` is the identity the
-        client chose, used in dev auth only."""
-        identity = self._verifier.identify(token, dev=dev)
+        client chose, used in dev auth only; ``transport`` and ``address`` are for the log."""
         services = self._services
         assert services is not None, "ConnectionService.bind() was not called"
-        await self._admission.admit(identity, connection_id, len(self._sessions))
+        try:
+            identity = self._verifier.identify(token, dev=dev)
+            await self._admission.admit(identity, connection_id, len(self._sessions))
+        except AppError as exc:
+            services.metrics.rejected(exc.code)
+            log.info(
+                "connection refused: %s",
+                exc.code,
+                extra={
+                    "fields": {
+                        "connectionId": connection_id,
+                        "outcome": exc.code,
+                        "transport": transport,
+                        "address": address,
+                    }
+                },
+            )
+            raise
         session = ChatSession(identity, connection_id, services)
         self._sessions[connection_id] = session
         self._closers[connection_id] = close
@@ -72,6 +90,8 @@ class ConnectionService:
             await self.rooms.join(connection_id, operators_room(identity.tenant_id))
             # After the transport has told the client it is connected (this runs later).
             self._spawn(self._send_queue(connection_id, identity.tenant_id))
+        fields = {**_who(session), "transport": transport, "address": address}
+        log.info("connected", extra={"fields": fields})
         return session
 
     async def _send_queue(self, connection_id: str, tenant_id: str) -> None:
@@ -96,6 +116,7 @@ class ConnectionService:
             timer.cancel()
         if session is None:
             return
+        log.info("disconnected", extra={"fields": _who(session)})
         if self._services is not None:
             with contextlib.suppress(Exception):
                 await self._services.presence.gone(connection_id)
@@ -183,3 +204,13 @@ class ConnectionService:
                     await self._services.presence.keep_alive()
             except AppError as exc:
                 log.warning("could not refresh connection presence: %s", exc.message)
+
+
+def _who(session: ChatSession) -> dict[str, Any]:
+    identity = session.identity
+    return {
+        "connectionId": session.connection_id,
+        "userId": identity.user_id,
+        "tenant": identity.tenant_id,
+        "role": identity.role.value,
+    }

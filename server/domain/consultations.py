@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..errors import ConsultationClosed, Forbidden, InvalidPayload, NotFound
 from .events import ServerEvent, UserMessage, message_event
-from .models import Author, Consultation, ConsultationKey, Identity, Message, Mode
+from .models import (
+    Author,
+    Consultation,
+    ConsultationKey,
+    Identity,
+    Message,
+    Mode,
+    Rating,
+    utcnow,
+)
 from .policies import Moderation, RateLimiter
-from .ports import Partial, Rooms, Store
+from .ports import Metrics, NoMetrics, Partial, Rooms, Stats, Store
 from .replies import ReplyService
 
 
@@ -43,7 +53,9 @@ class ConsultationService:
         rate_limiter: RateLimiter,
         moderation: Moderation | None = None,
         open_access: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or NoMetrics()
         self._open_access = open_access
         self._store = store
         self._rate_limiter = rate_limiter
@@ -154,6 +166,7 @@ class ConsultationService:
         )
         if appended.created:
             self.stored_total += 1
+            self._metrics.message_stored(appended.message.role.value)
             # Stored first, broadcast second: a message that failed to store is never
             # broadcast. A retried clientMessageId returns the original, broadcast once and
             # answered once.
@@ -169,6 +182,29 @@ class ConsultationService:
 
     async def stop(self, consultation: Consultation) -> bool:
         return await self._replies.stop(consultation.key)
+
+    async def rate(
+        self, identity: Identity, consultation: Consultation, score: int, comment: str | None
+    ) -> Consultation:
+        """The owner's score (1-5): changeable, the last one counts."""
+        if consultation.owner_id != identity.user_id and not self._open_access:
+            raise Forbidden("Only the consultation's owner may rate it")
+        rating = Rating(score=score, comment=comment, rated_at=utcnow())
+        updated = await self._store.update(consultation.key, {"rating": rating})
+        if updated is None:
+            raise NotFound("No such consultation")
+        self._metrics.rated(score)
+        return updated
+
+    async def stats(
+        self, identity: Identity, since: datetime | None, until: datetime | None
+    ) -> Stats:
+        """The caller's tenant's figures; for operators and admins."""
+        if not identity.is_staff:
+            raise Forbidden("The stats are for operators and admins")
+        if since is not None and until is not None and since >= until:
+            raise InvalidPayload("from must be before to", field="from")
+        return await self._store.stats(identity.tenant_id, since, until)
 
     def _check_content(self, content: str) -> None:
         if not content.strip():

@@ -111,6 +111,14 @@ class GetOperatorQueue(Payload):
     pass
 
 
+class RateConsultation(Payload):
+    consultationId: ConsultationId
+    score: Annotated[StrictInt, Field(ge=1, le=5, description="1 (poor) to 5 (excellent)")]
+    comment: Annotated[StrictStr, Field(max_length=1000)] | None = Field(
+        default=None, description="optional, at most 1000 characters"
+    )
+
+
 class Typing(Payload):
     consultationId: ConsultationId
     isTyping: bool
@@ -155,10 +163,23 @@ def _json_type(value: Any) -> str:
 # -- server events -------------------------------------------------------------------------------
 
 
+def _wire_required(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """In the schema, what the wire always carries is required: every field but those that
+    default to None (left out when None)."""
+    optional = {to_camel(name) for name, info in cls.model_fields.items() if info.default is None}
+    everything = [to_camel(name) for name in cls.model_fields]
+    schema["required"] = [name for name in everything if name not in optional]
+
+
 class Wire(BaseModel):
     """A payload sent to clients: snake_case here, camelCase on the wire; None is left out."""
 
-    model_config = ConfigDict(frozen=True, alias_generator=to_camel, validate_by_name=True)
+    model_config = ConfigDict(
+        frozen=True,
+        alias_generator=to_camel,
+        validate_by_name=True,
+        json_schema_extra=_wire_required,
+    )
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -530,6 +551,15 @@ CATALOGUE = Catalogue(
             "operator_queue",
             (),
             "Operators and admins: the tenant's queue, in the order it will be served",
+        ),
+        ClientEvent(
+            "rateConsultation",
+            RateConsultation,
+            ConsultationAck,
+            "rate",
+            (),
+            "The owner rates the consultation 1-5 (with an optional comment); rating again "
+            "replaces the score",
         ),
         ClientEvent(
             "typing",

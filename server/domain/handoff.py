@@ -60,7 +60,7 @@ from .models import (
     utcnow,
 )
 from .policies import user_name
-from .ports import ChatStore, ConnectionRegistry, OneOf, ReplyLocks, Rooms
+from .ports import ChatStore, ConnectionRegistry, Metrics, NoMetrics, OneOf, ReplyLocks, Rooms
 from .replies import ReplyService
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ class HandoffService:
         coordination: tuple[ConnectionRegistry, ReplyLocks],
         *,
         settings: HandoffSettings,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or NoMetrics()
         self._store = store
         self._consultations = consultations
         self._replies = replies
@@ -104,16 +106,25 @@ class HandoffService:
         if consultation.owner_id != identity.user_id and not self.settings.open_access:
             raise Forbidden("Only the consultation's owner may ask for an operator")
         key = consultation.key
-        updated = await self._store.update(
-            key,
-            {"mode": Mode.WAITING, "waiting_since": utcnow(), "reason": reason, "requeued": False},
-            expect={"mode": Mode.AI},
-        )
+        updated = None
+        for _ in range(3):  # another change in between (a rating): read again, retry
+            current = await self._current(key)
+            if current.mode is not Mode.AI:
+                break
+            changes = {"mode": Mode.WAITING, "waiting_since": utcnow(), "reason": reason}
+            updated = await self._store.update(
+                key,
+                {**changes, "requeued": False, "handoffs": current.handoffs + 1},
+                expect={"mode": Mode.AI, "handoffs": current.handoffs},
+            )
+            if updated is not None:
+                break
         if updated is None:
             current = await self._current(key)
             if current.mode is Mode.WAITING:  # asked twice: the same place
                 return current, await self._position(current)
             raise _refused(current, "An operator already holds this consultation")
+        self._metrics.handoff("requested")
         await self._record(updated, "You asked for a human operator. One will join shortly.")
         position = await self._position(updated)
         await self._announce(updated, position)
@@ -162,6 +173,9 @@ class HandoffService:
             else:
                 raise _refused(current, "Another operator has already taken this consultation")
         else:
+            self._metrics.handoff("accepted")
+            if updated.waiting_since is not None:
+                self._metrics.queue_waited((utcnow() - updated.waiting_since).total_seconds())
             await self._replies.cut(key)
             await self._record(updated, f"{operator.name} (support) joined the consultation.")
             await self._announce(updated, None)
@@ -191,6 +205,7 @@ class HandoffService:
             if current.mode is Mode.OPERATOR:
                 raise Forbidden("Only the assigned operator (or an admin) may release it")
             raise _refused(current, "No operator holds this consultation")
+        self._metrics.handoff("released")
         await self._record(
             updated, "The support operator handed the conversation back to the assistant."
         )
@@ -216,6 +231,7 @@ class HandoffService:
         )
         if updated is None:
             return await self._current(key)  # closed already: closing again is harmless
+        self._metrics.handoff("closed")
         await self._replies.cut(key)
         await self._record(updated, "The consultation was closed.")
         await self._announce(updated, None)
@@ -237,6 +253,7 @@ class HandoffService:
     async def publish_queue(self, tenant_id: str) -> None:
         """Tell the tenant's operators the queue, and each waiting owner their place."""
         items = await self._items(tenant_id)
+        self._metrics.queue_length(tenant_id, len(items))
         await self._rooms.to_room(operators_room(tenant_id), OperatorQueue(items=items))
         for item in items:
             owner = Identity(item.user_id, tenant_id)
@@ -308,6 +325,7 @@ class HandoffService:
                 expect={"mode": Mode.WAITING, "waiting_since": waiting.waiting_since},
             )
             if updated is not None:
+                self._metrics.handoff("timed_out")
                 await self._record(
                     updated,
                     "No operator is available right now. The assistant will keep helping you; "
@@ -336,6 +354,7 @@ class HandoffService:
         if updated is None:
             return
         log.info("%s requeued: operator %s has been gone for a while", held.key.room, operator.id)
+        self._metrics.handoff("requeued")
         await self._record(
             updated,
             f"{operator.name} (support) was disconnected. You are back at the front of the "
@@ -366,6 +385,7 @@ class HandoffService:
     async def _record(self, consultation: Consultation, text: str) -> None:
         """The change, in the message log (with its seq) and to the room."""
         appended = await self._store.append(Message.new(consultation.key, Author.SYSTEM, text))
+        self._metrics.message_stored(Author.SYSTEM.value)
         await self._rooms.to_room(consultation.key.room, SystemMessage(message=appended.message))
 
     async def _announce(self, consultation: Consultation, position: int | None) -> None:

@@ -16,7 +16,7 @@ from enum import StrEnum
 from functools import cached_property
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 
@@ -121,18 +121,36 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
+def _utc(moment: datetime) -> datetime:
+    """Naive datetimes (BSON dates come back naive) are UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 Timestamp = Annotated[
     datetime,
+    AfterValidator(_utc),
     PlainSerializer(iso, return_type=str, when_used="json"),
     Field(json_schema_extra={"format": "date-time"}),
 ]
+
+
+def _record_required(schema: dict[str, Any], cls: Any) -> None:
+    """In the schema, what the wire always carries is required: every field shown but those
+    left out when None."""
+    omitted = {to_camel(name) for name in getattr(cls, "omit_when_none", ())}
+    shown = [to_camel(n) for n, info in cls.model_fields.items() if not info.exclude]
+    schema["required"] = [name for name in shown if name not in omitted]
 
 
 class Record(BaseModel):
     """A stored, immutable record: camelCase on the wire and in the database."""
 
     model_config = ConfigDict(
-        frozen=True, alias_generator=to_camel, validate_by_name=True, validate_by_alias=True
+        frozen=True,
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        json_schema_extra=_record_required,
     )
     # Fields the wire leaves out when they are None (the rest is always present).
     omit_when_none: ClassVar[frozenset[str]] = frozenset()
@@ -179,9 +197,12 @@ class Message(Record):
     model: str | None = None
     client_message_id: str | None = None
     answers_seq: int | None = None  # a reply: the newest message of the context it answered
+    # A reply: ms from the question it answers being stored to the reply's first token
+    # reaching the room (what the user waited), for the AI response-time figures.
+    response_ms: int | None = None
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"model", "client_message_id", "answers_seq", "author_name"}
+        {"model", "client_message_id", "answers_seq", "author_name", "response_ms"}
     )
 
     @property
@@ -202,6 +223,14 @@ class Message(Record):
         )
 
 
+class Rating(Record):
+    """The owner's satisfaction score for a consultation (changeable: the last one counts)."""
+
+    score: Annotated[int, Field(ge=1, le=5)]
+    comment: str | None = None
+    rated_at: Timestamp
+
+
 class Consultation(Record):
     consultation_id: str
     tenant_id: str
@@ -212,8 +241,12 @@ class Consultation(Record):
     waiting_since: Timestamp | None = None
     reason: str | None = None
     requeued: bool = False  # back in the queue after its operator vanished: served first
+    handoffs: int = 0  # how many times a human was asked for
+    rating: Rating | None = None
 
-    omit_when_none: ClassVar[frozenset[str]] = frozenset({"operator", "waiting_since", "reason"})
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"operator", "waiting_since", "reason", "rating"}
+    )
 
     def queue_order(self) -> tuple[int, datetime, datetime]:
         """Position in the operator queue: requeued ones first, then the longest waiting."""

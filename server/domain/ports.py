@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -86,7 +87,30 @@ class ChatStore(ConsultationStore, MessageStore, Protocol):
     """Consultations and their messages."""
 
 
-class Store(ChatStore, Protocol):
+# What the stats count as messages: what people wrote and the assistant answered.
+COUNTED_ROLES = frozenset({Author.USER, Author.ASSISTANT, Author.OPERATOR})
+
+
+@dataclass(frozen=True)
+class Stats:
+    """A tenant's figures over a period: consultations created in it, messages written in it."""
+
+    consultations: int
+    messages: int  # user, assistant and operator messages; system notes are not counted
+    avg_ai_response_ms: float | None  # replies' response_ms, averaged
+    resolved_without_operator_ratio: float | None  # share of consultations never handed off
+    handoffs: int  # times a human was asked for
+    avg_rating: float | None
+    ratings: int
+
+
+class StatsReader(Protocol):
+    async def stats(self, tenant_id: str, since: datetime | None, until: datetime | None) -> Stats:
+        """The tenant's figures for ``since <= t < until`` (either end open when None)."""
+        ...
+
+
+class Store(ChatStore, StatsReader, Protocol):
     async def start(self) -> None:
         """Connect and create indexes."""
         ...
@@ -340,3 +364,96 @@ class Rooms(Protocol):
     async def to_connection(self, connection_id: str, event: ServerEvent) -> None:
         """Deliver to one connection (wherever it is connected)."""
         ...
+
+
+class InstanceDirectory(Protocol):
+    """Every running instance's latest figures (for cluster-wide status)."""
+
+    async def report(self, instance: str, figures: Mapping[str, int], ttl_seconds: float) -> None:
+        """This instance's figures, valid for ``ttl_seconds`` unless reported again."""
+        ...
+
+    async def forget(self, instance: str) -> None:
+        """This instance is stopping: leave the totals now."""
+        ...
+
+    async def live(self) -> dict[str, dict[str, int]]:
+        """The figures of every instance that reported within its TTL."""
+        ...
+
+
+# -- observability -------------------------------------------------------------------------------
+
+
+class Metrics(Protocol):
+    """What the service counts (exported as Prometheus metrics by ``observability``)."""
+
+    def event_handled(self, event: str, outcome: str) -> None:
+        """A client event answered: ``ok`` or its error code."""
+        ...
+
+    def message_stored(self, role: str) -> None: ...
+
+    def reply_finished(
+        self, model: str | None, status: str, first_token_seconds: float | None, seconds: float
+    ) -> None:
+        """A stored reply: its model, status, time to its first token and its whole duration."""
+        ...
+
+    def ai_error(self, code: str, model: str | None) -> None: ...
+
+    def fallback_used(self, failed_model: str) -> None:
+        """A model failed before its first token and the next of the chain was asked."""
+        ...
+
+    def rejected(self, reason: str) -> None:
+        """A message or connection refused by a policy (rate limit, moderation, limits)."""
+        ...
+
+    def handoff(self, step: str) -> None:
+        """requested, accepted, released, closed, timed_out, requeued."""
+        ...
+
+    def queue_waited(self, seconds: float) -> None:
+        """How long an accepted consultation waited for its operator."""
+        ...
+
+    def queue_length(self, tenant_id: str, length: int) -> None: ...
+
+    def rated(self, score: int) -> None: ...
+
+
+class NoMetrics:
+    """Counts nothing: for services built without an exporter (unit tests, tools)."""
+
+    def event_handled(self, event: str, outcome: str) -> None:
+        return None
+
+    def message_stored(self, role: str) -> None:
+        return None
+
+    def reply_finished(
+        self, model: str | None, status: str, first_token_seconds: float | None, seconds: float
+    ) -> None:
+        return None
+
+    def ai_error(self, code: str, model: str | None) -> None:
+        return None
+
+    def fallback_used(self, failed_model: str) -> None:
+        return None
+
+    def rejected(self, reason: str) -> None:
+        return None
+
+    def handoff(self, step: str) -> None:
+        return None
+
+    def queue_waited(self, seconds: float) -> None:
+        return None
+
+    def queue_length(self, tenant_id: str, length: int) -> None:
+        return None
+
+    def rated(self, score: int) -> None:
+        return None

@@ -29,16 +29,19 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 from ..errors import AppError, AssistantUnavailable, ReplyInterrupted, StorageUnavailable
 from .events import AiChunk, AiMessage, AiThinking, ErrorEvent, ServerEvent
-from .models import Author, ConsultationKey, Message, MessageStatus, Mode, new_id
+from .models import Author, ConsultationKey, Message, MessageStatus, Mode, new_id, utcnow
 from .ports import (
     Assistant,
     BufferWrite,
     ChatStore,
     Lock,
+    Metrics,
+    NoMetrics,
     Partial,
     ReplyBuffer,
     ReplyDraft,
@@ -93,6 +96,15 @@ class _Draft:
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # flush now, or stop
     delta_at: float = 0.0  # loop time of the newest delta
     flushed_at: float = float("-inf")  # loop time of the last chunk
+    asked_at: datetime | None = None  # when the question it answers was stored
+    started_at: float = field(default_factory=time.monotonic)
+    first_token_after: float | None = None  # seconds from the start to the first token
+    answered_at: datetime | None = None  # when the first token arrived
+
+    def response_ms(self) -> int | None:
+        if self.asked_at is None or self.answered_at is None:
+            return None
+        return max(0, round((self.answered_at - self.asked_at).total_seconds() * 1000))
 
     @property
     def holding(self) -> bool:
@@ -138,7 +150,10 @@ class ReplyService:
         rooms: Rooms,
         coordination: ReplyCoordination,
         settings: ReplySettings,
+        *,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or NoMetrics()
         self._store = store
         self._consultations = store
         self._assistant = assistant
@@ -342,6 +357,7 @@ class ReplyService:
                 message_id=new_id(),
                 owner=lock.token,
                 request_seq=history[-1].seq if history else 0,
+                asked_at=history[-1].timestamp if history else None,
             )
             started = ReplyDraft(draft.message_id, draft.owner, draft.request_seq)
             await self._buffer.start(name, started, self._buffer_ttl)
@@ -463,6 +479,9 @@ class ReplyService:
                 if draft.model != delta.model:
                     draft.model = delta.model
                     await self._buffer.set_model(name, draft.message_id, delta.model)
+                if not draft.parts:  # the first token of a fresh reply
+                    draft.first_token_after = time.monotonic() - draft.started_at
+                    draft.answered_at = utcnow()
                 draft.parts.append(delta.text)
                 # A delta goes out at once, with whatever is held, when the last chunk left at
                 # least a window ago (the first one always): a fast model does not cost an
@@ -621,16 +640,39 @@ class ReplyService:
                 status=_status(stopped, failure),
                 model=draft.model,
                 answers_seq=draft.request_seq or None,
+                response_ms=draft.response_ms(),
             )
             # What the room saw must reach the history: through a database outage too.
             appended = await self._patiently(lambda: self._store.append(reply), lock)
             await self._buffer.clear(name, draft.message_id)
             stored = True
             if appended.created:
+                self._reply_done(draft, reply.status.value)
                 await self._rooms.to_room(name, AiMessage(message=appended.message))
         if failure is not None:
+            if not stored:
+                self._reply_done(draft, failure.code)
             await self._rooms.to_room(name, _error(key, failure))
         return stored
+
+    def _reply_done(self, draft: _Draft, status: str) -> None:
+        """One metric and one log line per reply (stored, or failed with nothing to store)."""
+        seconds = time.monotonic() - draft.started_at
+        if draft.content:
+            self._metrics.message_stored(Author.ASSISTANT.value)
+            self._metrics.reply_finished(draft.model, status, draft.first_token_after, seconds)
+        first = draft.first_token_after
+        fields = {
+            "consultationId": draft.key.consultation_id,
+            "tenant": draft.key.tenant_id,
+            "messageId": draft.message_id,
+            "model": draft.model,
+            "status": status,
+            "firstTokenMs": round(first * 1000) if first is not None else None,
+            "durationMs": round(seconds * 1000),
+            "chunks": draft.next_index,
+        }
+        log.info("reply %s: %s", draft.message_id, status, extra={"fields": fields})
 
     async def _safe_emit(self, key: ConsultationKey, event: ServerEvent) -> None:
         try:

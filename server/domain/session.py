@@ -5,6 +5,7 @@ transports call: parse with the catalogue's schema, run the handler, answer an a
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ from .events import (
     LeaveConsultation,
     Participant,
     QueueAck,
+    RateConsultation,
     RefreshAck,
     RefreshToken,
     ReleaseConsultation,
@@ -36,6 +38,7 @@ from .events import (
     TypingAck,
 )
 from .models import Consultation, Identity, iso, valid_user_id
+from .ports import Metrics, NoMetrics
 
 if TYPE_CHECKING:
     from .connections import ConnectionService
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
     from .presence import PresenceService
 
 log = logging.getLogger(__name__)
+
+# Outcomes that are a policy refusing a message (counted as rejections too).
+REJECTIONS = frozenset({"rate_limited", "content_rejected"})
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class Services:
     handoff: HandoffService
     presence: PresenceService
     connections: ConnectionService
+    metrics: Metrics = field(default_factory=NoMetrics)
+    log_content: bool = False  # LOG_CONTENT: message text in the logs (never tokens)
 
 
 @dataclass
@@ -126,6 +134,12 @@ class ChatSession:
     async def operator_queue(self, command: GetOperatorQueue) -> QueueAck:
         return QueueAck(items=await self.services.handoff.queue(self.identity))
 
+    async def rate(self, command: RateConsultation) -> ConsultationAck:
+        consultation = await self.services.consultations.rate(
+            self.identity, self._joined(command.consultationId), command.score, command.comment
+        )
+        return ConsultationAck(consultation=consultation.to_wire())
+
     async def typing(self, command: Typing) -> TypingAck:
         consultation = self._joined(command.consultationId)
         await self.services.presence.typing(
@@ -169,22 +183,49 @@ class ChatSession:
     async def dispatch(self, event: str, data: Any) -> dict[str, Any]:
         """Run one client event; always answers an ack (``ok: false`` with the error, which is
         also sent to this connection as an ``error`` event)."""
+        started = time.perf_counter()
+        entry = CATALOGUE.client_event(event)
         try:
-            entry = CATALOGUE.client_event(event)
             if entry is None:
                 raise UnknownEvent(f"Unknown event {event[:64]!r}")
             if self.identity.guest and isinstance(data, dict) and valid_user_id(data.get("userId")):
                 await self.services.connections.adopt(self, str(data["userId"]))
             payload = entry.payload.parse(data)
             ack = await getattr(self, entry.handler)(payload)
+            self._handled(entry.name, "ok", started, data)
             return dict(ack.to_wire())
         except AppError as exc:
             error = exc
         except Exception:
             log.exception("unexpected error in %s", event[:64])
             error = InternalError()
+        self._handled(entry.name if entry else "unknown", error.code, started, data)
         await self.fail(error)
         return ErrorAck(error=error.to_wire()).to_wire()
+
+    def _handled(self, event: str, outcome: str, started: float, data: Any) -> None:
+        """One metric and one log line per client event and outcome."""
+        metrics = self.services.metrics
+        metrics.event_handled(event, outcome)
+        if outcome in REJECTIONS:
+            metrics.rejected(outcome)
+        if not log.isEnabledFor(logging.INFO):
+            return
+        fields: dict[str, Any] = {
+            "event": event,
+            "outcome": outcome,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+            "connectionId": self.connection_id,
+            "userId": self.identity.user_id,
+            "tenant": self.identity.tenant_id,
+        }
+        if isinstance(data, dict):
+            consultation_id = data.get("consultationId")
+            if isinstance(consultation_id, str):
+                fields["consultationId"] = consultation_id[:128]
+            if self.services.log_content and isinstance(data.get("content"), str):
+                fields["content"] = data["content"]
+        log.info("event %s: %s", event, outcome, extra={"fields": fields})
 
     async def fail(self, error: AppError) -> None:
         """Tell this connection about an error (frontends listen for ``error``)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
+from statistics import fmean
 from typing import Any
 
 from ..domain.models import Consultation, ConsultationKey, Message, Mode, sorted_consultations
-from ..domain.ports import Appended, OneOf
+from ..domain.ports import COUNTED_ROLES, Appended, OneOf, Stats
 
 
 class MemoryStore:
@@ -93,6 +95,36 @@ class MemoryStore:
         log = self._messages.get(key, [])
         start = max(after_seq, 0)  # seq n sits at index n - 1
         return list(log[start : start + limit])
+
+    async def stats(self, tenant_id: str, since: datetime | None, until: datetime | None) -> Stats:
+        def within(moment: datetime) -> bool:
+            return (since is None or moment >= since) and (until is None or moment < until)
+
+        created = [
+            c
+            for c in self._consultations.values()
+            if c.tenant_id == tenant_id and within(c.created_at)
+        ]
+        messages = [
+            m
+            for key, log in self._messages.items()
+            if key.tenant_id == tenant_id
+            for m in log
+            if m.role in COUNTED_ROLES and within(m.timestamp)
+        ]
+        responses = [m.response_ms for m in messages if m.response_ms is not None]
+        scores = [c.rating.score for c in created if c.rating is not None]
+        return Stats(
+            consultations=len(created),
+            messages=len(messages),
+            avg_ai_response_ms=fmean(responses) if responses else None,
+            resolved_without_operator_ratio=(
+                sum(1 for c in created if c.handoffs == 0) / len(created) if created else None
+            ),
+            handoffs=sum(c.handoffs for c in created),
+            avg_rating=fmean(scores) if scores else None,
+            ratings=len(scores),
+        )
 
 
 def _matches(consultation: Consultation, expect: Mapping[str, Any]) -> bool:

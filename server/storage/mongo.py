@@ -28,7 +28,7 @@ from ..domain.models import (
     Record,
     sorted_consultations,
 )
-from ..domain.ports import Appended, OneOf
+from ..domain.ports import COUNTED_ROLES, Appended, OneOf, Stats
 from ..errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,13 @@ class MongoStore:
             await self._consultations.create_index(
                 [("operator.id", ASCENDING), ("mode", ASCENDING)], name="operator_mode"
             )
+            # The stats: a tenant's consultations and messages over a period.
+            await self._consultations.create_index(
+                [("tenantId", ASCENDING), ("createdAt", ASCENDING)], name="tenant_created"
+            )
+            await self._messages.create_index(
+                [("tenantId", ASCENDING), ("timestamp", ASCENDING)], name="tenant_timestamp"
+            )
             await self._messages.create_index(
                 [("tenantId", ASCENDING), ("consultationId", ASCENDING), ("seq", ASCENDING)],
                 unique=True,
@@ -95,6 +102,55 @@ class MongoStore:
     async def ping(self) -> None:
         async with _translated("ping"):
             await self._client.admin.command("ping")
+
+    async def stats(self, tenant_id: str, since: datetime | None, until: datetime | None) -> Stats:
+        """Two aggregations, each one ``$group`` over an index range."""
+        consultations = [
+            {"$match": {"tenantId": tenant_id, **_period("createdAt", since, until)}},
+            {
+                "$group": {
+                    "_id": None,
+                    "count": {"$sum": 1},
+                    "handedOff": {
+                        "$sum": {"$cond": [{"$gt": [{"$ifNull": ["$handoffs", 0]}, 0]}, 1, 0]}
+                    },
+                    "handoffs": {"$sum": {"$ifNull": ["$handoffs", 0]}},
+                    "avgRating": {"$avg": "$rating.score"},
+                    "ratings": {"$sum": {"$cond": [{"$ifNull": ["$rating.score", False]}, 1, 0]}},
+                }
+            },
+        ]
+        messages = [
+            {
+                "$match": {
+                    "tenantId": tenant_id,
+                    "role": {"$in": [r.value for r in COUNTED_ROLES]},
+                    **_period("timestamp", since, until),
+                }
+            },
+            {
+                "$group": {
+                    "_id": None,
+                    "count": {"$sum": 1},
+                    "avgResponseMs": {"$avg": "$responseMs"},
+                }
+            },
+        ]
+        async with _translated("read stats"):
+            c = await _single(await self._consultations.aggregate(consultations))
+            m = await _single(await self._messages.aggregate(messages))
+        count = int(c.get("count", 0))
+        return Stats(
+            consultations=count,
+            messages=int(m.get("count", 0)),
+            avg_ai_response_ms=m.get("avgResponseMs"),
+            resolved_without_operator_ratio=(
+                (count - int(c["handedOff"])) / count if count else None
+            ),
+            handoffs=int(c.get("handoffs", 0)),
+            avg_rating=c.get("avgRating"),
+            ratings=int(c.get("ratings", 0)),
+        )
 
     async def get_or_create(self, key: ConsultationKey, owner_id: str) -> Consultation:
         query = _key_query(key)
@@ -246,6 +302,21 @@ def _index_name(exc: DuplicateKeyError) -> str | None:
     if marker in message:
         return message.split(marker, 1)[1].split(" ", 1)[0]
     return None
+
+
+def _period(field: str, since: datetime | None, until: datetime | None) -> Document:
+    bounds: Document = {}
+    if since is not None:
+        bounds["$gte"] = since
+    if until is not None:
+        bounds["$lt"] = until
+    return {field: bounds} if bounds else {}
+
+
+async def _single(cursor: Any) -> Document:
+    """The one document of a ``$group`` by None (none when nothing matched)."""
+    found: list[Document] = await cursor.to_list(1)
+    return found[0] if found else {}
 
 
 def _key_query(key: ConsultationKey) -> Document:

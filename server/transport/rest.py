@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from ..domain.consultations import ConsultationService
 from ..domain.handoff import HandoffService
-from ..domain.models import Mode, Role
+from ..domain.models import Mode, Role, iso
 from ..domain.ports import TokenVerifier
 from ..errors import AppError, Forbidden, InvalidPayload, NotFound
+from . import catalogue_docs
 from .auth import bearer_token
 
 log = logging.getLogger(__name__)
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 Readiness = Callable[[], Awaitable[dict[str, str]]]
 Status = Callable[[], Awaitable[dict[str, Any]]]
@@ -36,7 +40,10 @@ class Routes:
         status: Status | None = None,
         status_public: bool = False,
         handoff: HandoffService | None = None,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
+        self._metrics = metrics
+        self._handlers = catalogue_docs.handlers()
         self._handoff = handoff
         self._connections = connections
         self._status = status
@@ -52,6 +59,48 @@ class Routes:
         app.router.add_get("/ws/status", self.status)
         app.router.add_get("/api/operator/queue", self.operator_queue)
         app.router.add_get("/api/consultations", self.consultations)
+        app.router.add_get("/api/stats", self.stats)
+        app.router.add_get("/ws/handlers", self.handlers)
+        app.router.add_get("/asyncapi.json", self.asyncapi)
+        app.router.add_get("/metrics", self.metrics)
+
+    async def handlers(self, request: web.Request) -> web.Response:
+        """Every event of the catalogue, with its payload schema: for frontend developers."""
+        return web.json_response(self._handlers)
+
+    async def asyncapi(self, request: web.Request) -> web.Response:
+        return web.json_response(catalogue_docs.asyncapi(request.host))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus exposition. Unauthenticated, as scrapers expect: keep it off the public
+        edge (deploy/nginx.conf does)."""
+        if self._metrics is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=self._metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        """``?from=&to=`` (ISO 8601): the tenant's figures, for operators and admins."""
+        try:
+            identity = self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            since = _time_param(request, "from")
+            until = _time_param(request, "to")
+            found = await self._service.stats(identity, since, until)
+        except AppError as exc:
+            return error_response(exc)
+        return web.json_response(
+            {
+                "ok": True,
+                "from": iso(since) if since else None,
+                "to": iso(until) if until else None,
+                "consultations": found.consultations,
+                "messages": found.messages,
+                "avgAiResponseMs": _rounded(found.avg_ai_response_ms),
+                "resolvedWithoutOperatorRatio": _rounded(found.resolved_without_operator_ratio, 4),
+                "handoffs": found.handoffs,
+                "avgRating": _rounded(found.avg_rating, 2),
+                "ratings": found.ratings,
+            }
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "connections": self._connections()})
@@ -129,6 +178,24 @@ def _int_param(request: web.Request, name: str, *, minimum: int) -> int | None:
     if value < minimum:
         raise InvalidPayload(f"{name} must be >= {minimum}")
     return value
+
+
+def _time_param(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if not raw:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidPayload(
+            f"{name} must be an ISO 8601 date or time (2026-12-01 or 2026-12-01T08:00:00Z)",
+            field=name,
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _rounded(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def cors_middleware(origins: Sequence[str] | str | None) -> Any:

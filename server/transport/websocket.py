@@ -154,15 +154,6 @@ class RawChatEndpoint:
         try:
             session = await self._authenticate(request, ws, member)
             if session is not None:
-                log.info(
-                    "raw websocket %s as %s/%s from %s",
-                    connection_id,
-                    session.identity.tenant_id,
-                    session.identity.user_id,
-                    client_address(
-                        request.remote, request.headers.get("X-Forwarded-For"), self._proxies
-                    ),
-                )
                 await self._serve(ws, member, session)
         finally:
             self._open.discard(ws)
@@ -183,7 +174,7 @@ class RawChatEndpoint:
         if token or self._dev_auth:
             # Dev auth: ?userId=&name=&role= choose who this client is (nothing is verified).
             dev = {k: request.query[k] for k in ("userId", "name", "role") if k in request.query}
-            session = await self._open_session(ws, member, token, dev)
+            session = await self._open_session(request, ws, member, token, dev)
             if session is not None:
                 member.send("connected", self._connected(member, session.identity))
             return session
@@ -204,7 +195,7 @@ class RawChatEndpoint:
             return None
         token = frame.data.get("token") if isinstance(frame.data, dict) else None
         session = await self._open_session(
-            ws, member, token if isinstance(token, str) else None, None
+            request, ws, member, token if isinstance(token, str) else None, None
         )
         if session is not None and frame.id is not None:
             member.ack(frame.id, {"ok": True, **_who(session.identity)})
@@ -212,6 +203,7 @@ class RawChatEndpoint:
 
     async def _open_session(
         self,
+        request: web.Request,
         ws: web.WebSocketResponse,
         member: RawMember,
         token: str | None,
@@ -220,8 +212,13 @@ class RawChatEndpoint:
         async def close() -> None:  # the token expired without refreshToken
             await ws.close(code=CLOSE_UNAUTHORIZED, message=b"token expired")
 
+        address = client_address(
+            request.remote, request.headers.get("X-Forwarded-For"), self._proxies
+        )
         try:
-            return await self._connections.open(token, member.id, close, dev=dev)
+            return await self._connections.open(
+                token, member.id, close, dev=dev, transport="websocket", address=address
+            )
         except AppError as exc:
             await self._refuse(ws, member, exc)
             return None

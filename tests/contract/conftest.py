@@ -12,6 +12,7 @@ import pytest
 from server.coordination import Coordination, in_memory, on_redis
 from server.coordination.buffer import RedisReplyBuffer
 from server.coordination.inflight import RedisReplyRegistry
+from server.coordination.instances import RedisInstanceDirectory
 from server.coordination.locks import RedisReplyLocks
 from server.coordination.presence import RedisRoomPresence
 from server.coordination.queue import RedisReplyQueue
@@ -32,6 +33,7 @@ def on_redis_only(redis: RedisHandle) -> Coordination:
         registry=RedisConnectionRegistry(redis),
         inflight=RedisReplyRegistry(redis),
         presence=RedisRoomPresence(redis),
+        instances=RedisInstanceDirectory(redis),
     )
 
 

@@ -234,3 +234,45 @@ async def test_find_lists_a_tenants_consultations_by_mode_and_operator(store: St
     assert len(await store.find(None, mode=Mode.AI)) == 1  # every tenant
     assert await store.find("tenant-c") == []
     assert len(await store.find("tenant-a", mode=Mode.WAITING, limit=2)) == 2
+
+
+async def test_stats_count_a_tenants_consultations_and_messages_in_a_period(store: Store) -> None:
+    start = utcnow()
+    a, b, c = (ConsultationKey("stats-t", f"s-{i}") for i in range(3))
+    for key in (a, b, c):
+        await store.get_or_create(key, "owner")
+    await store.get_or_create(ConsultationKey("other-tenant", "s-0"), "owner")
+    await store.update(b, {"handoffs": 2})
+    rated = {"score": 4, "comment": "ok", "rated_at": utcnow()}
+    await store.update(a, {"rating": rated})
+    await store.update(c, {"rating": {**rated, "score": 1}})
+    await store.append(draft(a, "q1"))
+    await store.append(draft(a, "a1", Author.ASSISTANT, response_ms=100))
+    await store.append(draft(a, "a2", Author.ASSISTANT, response_ms=300))
+    await store.append(draft(b, "hi", Author.OPERATOR))
+    await store.append(draft(b, "note", Author.SYSTEM))  # not counted
+    await store.append(draft(ConsultationKey("other-tenant", "s-0"), "elsewhere"))
+    later = start + timedelta(days=1)
+    await store.append(draft(c, "tomorrow", timestamp=later))
+
+    everything = await store.stats("stats-t", None, None)
+    assert everything.consultations == 3
+    assert everything.messages == 5
+    assert everything.avg_ai_response_ms == 200
+    assert everything.handoffs == 2
+    assert everything.resolved_without_operator_ratio == 2 / 3
+    assert everything.avg_rating == 2.5 and everything.ratings == 2
+
+    today = await store.stats("stats-t", start - timedelta(seconds=1), later)
+    assert today.messages == 4 and today.consultations == 3
+    tomorrow = await store.stats("stats-t", later, None)
+    assert (tomorrow.messages, tomorrow.consultations) == (1, 0)
+    assert tomorrow.avg_ai_response_ms is None and tomorrow.avg_rating is None
+    assert tomorrow.resolved_without_operator_ratio is None
+
+    rated_again = await store.update(a, {"rating": {**rated, "score": 5}})
+    assert rated_again is not None and rated_again.rating is not None
+    assert rated_again.rating.score == 5 and rated_again.to_wire()["rating"]["score"] == 5
+    assert (await store.stats("stats-t", None, None)).avg_rating == 3.0  # the last one counts
+    reread = await store.get(a)
+    assert reread is not None and reread.rating == rated_again.rating

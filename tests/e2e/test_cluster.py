@@ -243,3 +243,32 @@ async def _try_connect(url: str, token: str) -> ChatClient | None:
         return await client.connect()
     except socketio.exceptions.ConnectionError:
         return None
+
+
+async def test_status_gives_cluster_totals_from_every_live_instance(
+    cluster: Cluster, connect: Connect
+) -> None:
+    app_a, app_b = cluster.start_apps(2)
+    admin = {"Authorization": f"Bearer {make_token('root', role='admin')}"}
+    await connect(app_a.url, token=make_token("one"), join="totals-1")
+    await connect(app_b.url, token=make_token("two"), join="totals-2")
+    await connect(app_b.url, token=make_token("three"), join="totals-3")
+
+    def totals(app: AppProcess) -> Any:
+        status, body = http_json(app.url + "/ws/status", headers=admin)
+        assert status == 200, body
+        cluster_figures = body["cluster"]
+        both = len(cluster_figures["instances"]) == 2
+        return both and cluster_figures["active_connections"] == 3 and body
+
+    seen_from_a = await eventually(lambda: totals(app_a), timeout=15)
+    seen_from_b = await eventually(lambda: totals(app_b), timeout=15)
+    assert seen_from_a["active_connections"] == 1 and seen_from_b["active_connections"] == 2
+    assert seen_from_a["cluster"]["consultations_active"] == 3  # room memberships per instance
+    assert seen_from_a["cluster"]["instances"] == seen_from_b["cluster"]["instances"]
+
+    app_b.stop()  # a stopping instance leaves the totals at once (a dead one within 15 s)
+    status, body = http_json(app_a.url + "/ws/status", headers=admin)
+    assert status == 200
+    assert body["cluster"]["instances"] == [body["instance"]]
+    assert body["cluster"]["active_connections"] == 1

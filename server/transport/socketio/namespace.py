@@ -52,24 +52,18 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         cid = self.connection_id(sid)
         self._hub.attach(SocketIOMember(cid, eio_sid, self.server.eio.sockets, NAMESPACE))
         try:
-            session = await self._connections.open(
+            await self._connections.open(
                 token_from_handshake(environ, auth),
                 cid,
                 close,
                 dev=auth if isinstance(auth, dict) else None,
+                transport="socketio",
+                address=handshake_address(environ, self._proxies),
             )
         except AppError as exc:
             await self._hub.detach(cid)
             # Two arguments: socket.io-client then sees err.message and err.data.code.
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_wire()) from None
-        identity = session.identity
-        log.info(
-            "connected %s as %s/%s from %s",
-            cid,
-            identity.tenant_id,
-            identity.user_id,
-            handshake_address(environ, self._proxies),
-        )
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         cid = self.connection_id(sid)

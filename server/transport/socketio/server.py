@@ -157,18 +157,27 @@ def websocket_class(compression: bool) -> type[DriverWebSocket]:
 
 
 class ClientErrorLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """What python-socketio/engineio log at ERROR is a client's bad request (a bare ``GET
-    /socket.io/``, an unknown sid, a bad transport), said once and then at INFO: a WARNING
-    without traceback here (repeats stay at INFO). Their bugs still log with a traceback
-    (``exception``). Passing a logger object also keeps them from adding their own handler
-    (which printed every line twice)."""
+    """The logger given to python-socketio/engineio. What they log at ERROR is a client's bad
+    request (a bare ``GET /socket.io/``, an unknown sid, a bad transport), said once: a WARNING
+    here, without traceback. What they log at INFO is a protocol trace of every packet, auth
+    and message text included: dropped, since message text and tokens never reach our logs
+    (repeats of a client error are among them). Their bugs still log with a traceback
+    (``exception``). Passing a logger object also keeps them from adding their own handler,
+    which printed every line twice."""
+
+    REPEATS = " (further occurrences of this error will be logged with level INFO)"
 
     def __init__(self, logger: logging.Logger) -> None:
         super().__init__(logger, {})
 
     def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
         kwargs.pop("exc_info", None)
+        if isinstance(msg, str):
+            msg = msg.replace(self.REPEATS, " (repeats are not logged)")
         self.log(logging.WARNING, msg, *args, **kwargs)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def create_server(settings: Settings) -> ChatServer:

@@ -1,4 +1,5 @@
-"""``python -m server`` starts the server; ``python -m server token …`` prints a test token."""
+"""``python -m server`` starts the server; ``python -m server token …`` prints a test token;
+``python -m server chat …`` is a terminal client."""
 
 from __future__ import annotations
 
@@ -26,7 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--role", default=Role.USER.value, choices=[r.value for r in Role])
     token.add_argument("--name")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    chat = commands.add_parser("chat", help="a terminal client (type to send, /quit to leave)")
+    chat.add_argument("--url", default="http://127.0.0.1:8080", help="the server's base URL")
+    chat.add_argument("--consultation", required=True, help="the consultation to join")
+    chat.add_argument("--token", help="a JWT (JWT mode)")
+    chat.add_argument("--user", help="the dev-auth identity to use (no JWT_SECRET)")
     args = parser.parse_args(argv)
+    if args.command == "chat":  # a client: no server settings involved
+        from .terminal import chat as run_chat
+
+        return run_chat(args.url, args.consultation, args.token, args.user)
 
     try:
         settings = Settings.from_env()

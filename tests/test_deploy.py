@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -95,3 +96,57 @@ def test_the_dockerfile_runs_the_server_as_a_non_root_user() -> None:
     assert 'CMD ["python", "-m", "server"]' in dockerfile
     assert re.search(r"^USER \w+", dockerfile, re.M)
     assert "HEALTHCHECK" in dockerfile
+
+
+def exported_series() -> set[str]:
+    """Every series name the server's /metrics can carry (counters with _total, histograms
+    with _bucket/_sum/_count), from the registry an app builds."""
+    from server.app import build
+    from tests.conftest import settings_for_tests
+
+    registry = build(settings_for_tests()).metrics.registry
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    return {
+        family.name + suffix
+        for family in registry.collect()
+        for suffix in suffixes.get(family.type, [""])
+    }
+
+
+def test_every_metric_the_dashboard_queries_is_exported() -> None:
+    dashboard = json.loads(
+        (ROOT / "deploy" / "grafana" / "dashboards" / "consultations.json").read_text()
+    )
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bchat_[a-z_]+\b", target["expr"])
+    }
+    exported = exported_series()
+    assert queried, "the dashboard queries nothing"
+    assert queried <= exported, sorted(queried - exported)
+    # And every family is on the dashboard somewhere.
+    families = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in exported}
+    shown = {re.sub(r"_(total|bucket|sum|count)$", "", name) for name in queried}
+    assert families <= shown, sorted(families - shown)
+
+
+def test_prometheus_scrapes_every_app_and_grafana_is_provisioned() -> None:
+    services = compose()["services"]
+    apps = sorted(name for name in services if name.startswith("app"))
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    [job] = scrape["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    targets = [t for config in job["static_configs"] for t in config["targets"]]
+    assert sorted(targets) == [f"{app}:8080" for app in apps]
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]
+    grafana = services["grafana"]
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    dashboards = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())
+    assert dashboards["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    # /metrics is not on the public port.
+    assert "return 404;" in location("= /metrics")

@@ -8,7 +8,6 @@ import pty
 import signal
 import subprocess
 import sys
-import time
 
 from server.app import COMPONENTS
 from server.transport.socketio.server import close_sockets
@@ -91,9 +90,7 @@ async def test_the_terminal_client_streams_a_reply_and_exits_on_ctrl_c(
         terminal.type("/quit-not-a-command\n")  # not a command: sent as a message
         await terminal.shows("you: /quit-not-a-command")
         terminal.process.send_signal(signal.SIGINT)  # Ctrl-C
-        deadline = time.monotonic() + 10
-        while terminal.process.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await asyncio.to_thread(terminal.process.wait, 10)
         assert terminal.process.returncode == 0, terminal.read()
         screen = terminal.read()
         assert screen.count("nurse: Two days") == 1

@@ -32,6 +32,7 @@ from server.errors import (
     Unauthorized,
     error_classes,
 )
+from server.transport import catalogue_docs
 from server.transport.auth import Authenticator
 from server.transport.net import client_address, parse_networks
 from server.transport.rooms import Frame, text_frame
@@ -400,3 +401,18 @@ def test_a_reply_follows_what_it_answered_in_the_dialogue() -> None:
     assert [t.content for t in dialogue(history)] == ["first", "answer to first", "second"]
     older = [stored(1, Author.USER, "q"), stored(2, Author.ASSISTANT, "a")]  # before answers_seq
     assert [t.content for t in dialogue(older)] == ["q", "a"]
+
+
+def test_the_readme_event_tables_are_the_catalogues() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert catalogue_docs.with_tables(readme) == readme, (
+        "README's event tables differ from the catalogue: run "
+        "`python -m server.transport.catalogue_docs README.md`"
+    )
+    tables = readme.split(catalogue_docs.START, 1)[1].split(catalogue_docs.END, 1)[0]
+    for event in CATALOGUE.client:
+        assert f"| `{event.name}` |" in tables
+    for server_event in CATALOGUE.server:
+        assert f"| `{server_event.name}` |" in tables
+    for error in error_classes():
+        assert f"| `{error.code}` | {error.http_status} |" in tables

@@ -205,3 +205,21 @@ def markdown_tables() -> str:
         when = (error.__doc__ or "").strip().replace("``", "`")
         lines.append(f"| `{error.code}` | {error.http_status} | {when} |")
     return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- catalogue:start -->\n", "<!-- catalogue:end -->"
+
+
+def with_tables(readme: str) -> str:
+    """README with its catalogue section regenerated."""
+    head, rest = readme.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return head + START + markdown_tables() + END + tail
+
+
+if __name__ == "__main__":  # python -m server.transport.catalogue_docs README.md
+    import sys
+    from pathlib import Path
+
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    path.write_text(with_tables(path.read_text()))

@@ -230,8 +230,14 @@ class RawClient:
     async def call(self, event: str, data: Any = None, timeout: float = 10) -> dict[str, Any]:
         self._next_id += 1
         frame_id = self._next_id
+        # Only acks that arrive after this send count: a fuzzed frame may have carried the same id.
+        before = len(self.frames)
         await self.emit(event, data, id=frame_id)
-        [ack] = await self.wait_for("ack", lambda a: a["id"] == frame_id, timeout=timeout, raw=True)
+
+        def answers(ack: dict[str, Any]) -> bool:
+            return ack["id"] == frame_id and any(f is ack for f in self.frames[before:])
+
+        [ack] = await self.wait_for("ack", answers, timeout=timeout, raw=True)
         return dict(ack["data"])
 
     async def join(self, consultation_id: str, **extra: Any) -> dict[str, Any]:

@@ -251,8 +251,10 @@ async def test_status_gives_cluster_totals_from_every_live_instance(
     app_a, app_b = cluster.start_apps(2)
     admin = {"Authorization": f"Bearer {make_token('root', role='admin')}"}
     await connect(app_a.url, token=make_token("one"), join="totals-1")
-    await connect(app_b.url, token=make_token("two"), join="totals-2")
-    await connect(app_b.url, token=make_token("three"), join="totals-3")
+    on_b = [
+        await connect(app_b.url, token=make_token("two"), join="totals-2"),
+        await connect(app_b.url, token=make_token("three"), join="totals-3"),
+    ]
 
     def totals(app: AppProcess) -> Any:
         status, body = http_json(app.url + "/ws/status", headers=admin)
@@ -267,6 +269,8 @@ async def test_status_gives_cluster_totals_from_every_live_instance(
     assert seen_from_a["cluster"]["consultations_active"] == 3  # room memberships per instance
     assert seen_from_a["cluster"]["instances"] == seen_from_b["cluster"]["instances"]
 
+    for client in on_b:  # gone before B stops: no client left to notice its shutdown
+        await client.disconnect()
     app_b.stop()  # a stopping instance leaves the totals at once (a dead one within 15 s)
     status, body = http_json(app_a.url + "/ws/status", headers=admin)
     assert status == 200

@@ -264,6 +264,7 @@ async def test_the_admin_ui_namespace_takes_the_configured_credentials_only(
                 wait_timeout=5,
             )
         except socketio.exceptions.ConnectionError:
+            await client.disconnect()  # nothing may linger into later tests (one event loop)
             return False
         try:
             return "/admin" in client.namespaces
@@ -282,6 +283,7 @@ async def test_the_admin_ui_namespace_takes_the_configured_credentials_only(
     client = socketio.AsyncClient(reconnection=False)
     with pytest.raises(socketio.exceptions.ConnectionError):
         await client.connect(plain.url, namespaces=["/admin"], wait_timeout=5)
+    await client.disconnect()
 
 
 async def test_event_log_lines_carry_their_fields_and_no_content(

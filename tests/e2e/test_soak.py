@@ -16,7 +16,10 @@ from tests.conftest import JWT_SECRET, make_token
 from tests.servers import ROOT, clean_env, free_port, http_json, wait_for_port
 
 CYCLES = 10_000
-WARMUP = 1_000
+# The allocator's high-water mark keeps rising for the first few thousand cycles (16 sockets at a
+# time) and then stays flat: measured 90→96→98→99→99→99 MB at 1k, 4k, 7k, 10k, 13k, 16k cycles.
+# Measuring from 3,000 compares steady state with steady state; a per-socket leak still shows.
+WARMUP = 3_000
 WORKERS = 16
 
 

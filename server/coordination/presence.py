@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from .redis_support import RedisHandle, text
+from .redis_support import REFRESH_MEMBERS, RedisHandle, text
 
 SEPARATOR = "\x1f"  # between who and the connection id in a member
 
@@ -43,16 +43,6 @@ _ONLINE = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-"""
-_REFRESH = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
-end
-return 1
 """
 
 
@@ -133,7 +123,7 @@ class RedisRoomPresence:
             for start in range(0, len(group), 500):
                 batch = group[start : start + 500]
                 await self._redis.run(
-                    _REFRESH,
+                    REFRESH_MEMBERS,
                     [keys[i] for i in batch],
                     [ttl_seconds, *(_member(entries[i][1], entries[i][2]) for i in batch)],
                 )

@@ -127,3 +127,17 @@ async def translated() -> AsyncIterator[None]:
         yield
     except (RedisError, OSError) as exc:
         raise CoordinationUnavailable(f"Redis is unavailable: {exc}") from exc
+
+
+# Extend the deadline of existing members of sorted sets (KEYS[i] holds ARGV[i + 1]) to now +
+# ARGV[1] seconds, by the Redis clock: the keep-alive of the registry and of room presence.
+REFRESH_MEMBERS = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
+end
+return 1
+"""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from .redis_support import RedisHandle, text
+from .redis_support import REFRESH_MEMBERS, RedisHandle, text
 
 _ADD = """
 local key = KEYS[1]
@@ -49,16 +49,6 @@ if not since then
   redis.call('SET', KEYS[2], since, 'EX', 86400)
 end
 return since
-"""
-_REFRESH = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', key, math.ceil(ttl * 1000))
-end
-return 1
 """
 REFRESH_BATCH = 500  # bounded script size
 SWEEP_ABSENT_ABOVE = 10_000
@@ -131,7 +121,7 @@ class RedisConnectionRegistry:
             for start in range(0, len(group), REFRESH_BATCH):
                 batch = group[start : start + REFRESH_BATCH]
                 await self._redis.run(
-                    _REFRESH,
+                    REFRESH_MEMBERS,
                     [keys[i] for i in batch],
                     [ttl_seconds, *(entries[i][1] for i in batch)],
                 )

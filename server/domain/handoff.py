@@ -128,16 +128,7 @@ class HandoffService:
         await self._record(updated, "You asked for a human operator. One will join shortly.")
         position = await self._position(updated)
         await self._announce(updated, position)
-        await self._rooms.to_room(
-            operators_room(key.tenant_id),
-            NewSupportRequest(
-                consultation_id=key.consultation_id,
-                user_id=updated.owner_id,
-                reason=reason,
-                waiting_since=iso(updated.waiting_since or updated.created_at),
-                preview=await self._preview(key),
-            ),
-        )
+        await self._ask_operators(updated)
         await self.publish_queue(key.tenant_id)
         return updated, position
 
@@ -362,16 +353,7 @@ class HandoffService:
         )
         position = await self._position(updated)
         await self._announce(updated, position)
-        await self._rooms.to_room(
-            operators_room(held.tenant_id),
-            NewSupportRequest(
-                consultation_id=held.consultation_id,
-                user_id=held.owner_id,
-                reason=updated.reason,
-                waiting_since=iso(updated.waiting_since or updated.created_at),
-                preview=await self._preview(held.key),
-            ),
-        )
+        await self._ask_operators(updated)
         await self.publish_queue(held.tenant_id)
 
     # -- shared steps ----------------------------------------------------------------------------
@@ -387,6 +369,19 @@ class HandoffService:
         appended = await self._store.append(Message.new(consultation.key, Author.SYSTEM, text))
         self._metrics.message_stored(Author.SYSTEM.value)
         await self._rooms.to_room(consultation.key.room, SystemMessage(message=appended.message))
+
+    async def _ask_operators(self, waiting: Consultation) -> None:
+        """Tell the tenant's operators that this consultation waits for one of them."""
+        await self._rooms.to_room(
+            operators_room(waiting.tenant_id),
+            NewSupportRequest(
+                consultation_id=waiting.consultation_id,
+                user_id=waiting.owner_id,
+                reason=waiting.reason,
+                waiting_since=iso(waiting.waiting_since or waiting.created_at),
+                preview=await self._preview(waiting.key),
+            ),
+        )
 
     async def _announce(self, consultation: Consultation, position: int | None) -> None:
         operator = consultation.operator

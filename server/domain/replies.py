@@ -101,6 +101,22 @@ class _Draft:
     first_token_after: float | None = None  # seconds from the start to the first token
     answered_at: datetime | None = None  # when the first token arrived
 
+    @classmethod
+    def resumed(cls, key: ConsultationKey, partial: Partial, owner: str) -> _Draft:
+        """A reply another instance was streaming, as far as its buffer says: every chunk it
+        sent counts as sent (and may be sent again: instances drop what members have)."""
+        return cls(
+            key=key,
+            message_id=partial.message_id,
+            owner=owner,
+            request_seq=partial.request_seq,
+            parts=list(partial.parts),
+            model=partial.model or None,
+            next_index=partial.index + 1,
+            chunks=list(partial.parts),
+            sent_parts=len(partial.parts),
+        )
+
     def response_ms(self) -> int | None:
         if self.asked_at is None or self.answered_at is None:
             return None
@@ -214,17 +230,7 @@ class ReplyService:
         if partial is None:
             return
         await self._stops.request_stop(name, self._ttl)  # its model stops at once too
-        draft = _Draft(
-            key=key,
-            message_id=partial.message_id,
-            owner=owner,
-            request_seq=partial.request_seq,
-            parts=list(partial.parts),
-            model=partial.model or None,
-            next_index=partial.index + 1,
-            chunks=list(partial.parts),
-            sent_parts=len(partial.parts),
-        )
+        draft = _Draft.resumed(key, partial, owner)
         await self._resend(draft)
         try:
             await self._finish(draft, stopped=True, failure=None, lock=None)
@@ -406,17 +412,7 @@ class ReplyService:
             "taking over reply %s in %s after chunk %d", partial.message_id, name, partial.index
         )
         await self._stops.take_stop(name)
-        draft = _Draft(
-            key=key,
-            message_id=partial.message_id,
-            owner=lock.token,
-            request_seq=partial.request_seq,
-            parts=list(partial.parts),
-            model=partial.model or None,
-            next_index=partial.index + 1,
-            chunks=list(partial.parts),
-            sent_parts=len(partial.parts),
-        )
+        draft = _Draft.resumed(key, partial, lock.token)
         # Chunks the dead instance emitted but never got to publish are sent again: instances
         # drop those their members have (by index), so each client sees every index once.
         await self._resend(draft)

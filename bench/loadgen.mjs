@@ -142,6 +142,60 @@ async function aiStreaming(consultations) {
   closeAll(sockets);
 }
 
+// Several instances: rooms whose members are all on one instance (room r on instance r mod
+// `busy`); the instances after the first `busy` ones have no member anywhere. URL is a
+// comma-separated list. One phase at a fixed rate.
+async function clusterRooms(rooms, size, rate, seconds, busy) {
+  const urls = url.split(",");
+  const sockets = [];
+  const members = [];
+  for (let r = 0; r < rooms; r++) {
+    const target = urls[r % busy];
+    const group = await Promise.all(Array.from({ length: size }, () => new Promise((resolve, reject) => {
+      const socket = io(`${target}/chat`, { transports: ["websocket"], auth: token ? { token } : {}, reconnection: false, forceNew: true });
+      socket.once("connect", () => resolve(socket));
+      socket.once("connect_error", reject);
+    })));
+    await Promise.all(group.map((s) => join(s, `cluster-${r}`)));
+    sockets.push(...group);
+    members.push(group);
+  }
+  // Each idle instance serves one user of an unrelated consultation, as a real instance would
+  // (the stock manager subscribes to Redis only once its first client connects).
+  for (const [i, target] of urls.slice(busy).entries()) {
+    const socket = io(`${target}/chat`, { transports: ["websocket"], auth: token ? { token } : {}, reconnection: false, forceNew: true });
+    await new Promise((resolve, reject) => { socket.once("connect", resolve); socket.once("connect_error", reject); });
+    await join(socket, `cluster-elsewhere-${i}`);
+    sockets.push(socket);
+  }
+  let delivered = 0;
+  const latencies = [];
+  for (const socket of sockets) {
+    socket.on("userMessage", (m) => { latencies.push(performance.now() - Number(m.content.slice(2))); delivered += 1; });
+  }
+  emitPhase({ ready: true });  // the orchestrator reads the instances' counters now
+  await sleep(1000);
+  let sent = 0;
+  const start = Date.now();
+  const interval = 1000 / (rate / rooms);
+  const deadline = performance.now() + seconds * 1000;
+  await Promise.all(members.map(async (group, r) => {
+    let next = performance.now() + (interval * r) / rooms;
+    while (next < deadline) {
+      const wait = next - performance.now();
+      if (wait > 0) await sleep(wait);
+      group[0].emit("sendMessage", { consultationId: `cluster-${r}`, content: `t=${performance.now()}` });
+      sent += 1;
+      next += interval;
+    }
+  }));
+  await sleep(1500);
+  const sorted = latencies.sort((a, b) => a - b);
+  emitPhase({ phase: `cluster@${rate}`, rate, start, end: Date.now() - 1500, sent, delivered,
+              expected: sent * (size - 1), p50: percentile(sorted, 50), p99: percentile(sorted, 99) });
+  closeAll(sockets);
+}
+
 const fanoutRates = process.env.BENCH_RATES?.split(",").map(Number) ?? [100, 200, 400, 800, 1200, 1600, 2400, 3200];
 const scenarios = {
   storm,
@@ -150,6 +204,7 @@ const scenarios = {
   bigroom: () => measureRooms(1, 1000, [10], 10, "bigroom", null),
   ai: () => aiStreaming(100),
   ailight: () => aiStreaming(10),  // the relay's own latency, on a machine that is not busy
+  cluster: () => clusterRooms(30, 10, Number(process.env.BENCH_RATE ?? 300), Number(process.env.BENCH_SECONDS ?? 10), 2),
 };
 await scenarios[scenario]();
 process.exit(0);

@@ -28,12 +28,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fakes.openai_server import FakeOpenAI  # noqa: E402  (needs the sys.path line above)
-from tests.servers import free_port, wait_for_port  # noqa: E402  (needs the sys.path line above)
+from tests.servers import (  # noqa: E402  (needs the sys.path line above)
+    RedisServer,
+    free_port,
+    http_json,
+    wait_for_port,
+)
 
 BENCH = ROOT / "bench"
 SECRET = "bench-secret-" + "x" * 64
 TICK = os.sysconf("SC_CLK_TCK")
-SCENARIOS = ("storm", "fanout", "bigroom", "ai", "ailight")
+SCENARIOS = ("storm", "fanout", "bigroom", "ai", "ailight", "redis", "cluster")
+# The "redis" scenario: ours alone on one Redis (as deployed with several instances), for the
+# capacity model's per-unit costs in that mode: (loadgen scenario, its environment).
+REDIS_RUNS = {
+    "fanout": ("fanout", {"BENCH_RATES": "400", "BENCH_SECONDS": "8"}),
+    "ai": ("ai", {}),
+}
+CLUSTER_INSTANCES = ("A", "B", "C")  # A and B hold every room's members; C holds none
+CLUSTER_MODES = ("routed", "stock")
 
 
 @dataclass
@@ -100,8 +113,11 @@ def server_pinning() -> list[str]:
 PIN: list[str] = []  # the command prefix that pins a server (set by main)
 
 
-def start_ours(port: int, fake_url: str, ai: bool) -> subprocess.Popen[bytes]:
+def start_ours(
+    port: int, fake_url: str, ai: bool, redis_url: str | None = None
+) -> subprocess.Popen[bytes]:
     env = {
+        **({"REDIS_URL": redis_url, "REDIS_PREFIX": "bench"} if redis_url else {}),
         "PATH": os.environ["PATH"],
         "PORT": str(port),
         "JWT_SECRET": SECRET,
@@ -128,37 +144,210 @@ def start_reference(port: int, fake_url: str) -> subprocess.Popen[bytes]:
     )
 
 
-def run_loadgen(scenario: str, url: str) -> list[dict[str, Any]]:
+def run_loadgen(scenario: str, url: str, env: dict[str, str] | None = None) -> list[dict[str, Any]]:
     result = subprocess.run(
         ["node", str(BENCH / "loadgen.mjs"), scenario, url, token()],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **(env or {})},
     )
     if result.returncode != 0:
         raise RuntimeError(f"loadgen {scenario} failed: {result.stderr[-2000:]}")
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
 
-def measure(server: str, scenario: str, fake_url: str) -> list[dict[str, Any]]:
+def start_instance(mode: str, port: int, redis_url: str) -> subprocess.Popen[bytes]:
+    """One instance of the cluster scenario: ours (routed fan-out, pure relay), or the
+    baseline on python-socketio's stock AsyncRedisManager."""
+    log = (BENCH / "results").joinpath(f"cluster-{mode}.log").open("ab")
+    if mode == "stock":
+        command = [sys.executable, str(BENCH / "stock_server.py"), str(port), redis_url]
+        return subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
+    env = {
+        "PATH": os.environ["PATH"],
+        "PORT": str(port),
+        "JWT_SECRET": SECRET,
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": "bench",
+        "AI_REPLIES": "off",
+        "STATUS_PUBLIC": "true",
+        "RATE_LIMIT_MESSAGES": "100000000",
+        "MAX_CONNECTIONS_PER_USER": "100000",
+        "LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
+
+
+def redis_reads(mode: str, port: int) -> tuple[int, int]:
+    """(messages, bytes) this instance has read from Redis since it started."""
+    if mode == "stock":
+        _, body = http_json(f"http://127.0.0.1:{port}/bench/stats")
+        return body["messages_received"], body["bytes_received"]
+    _, body = http_json(f"http://127.0.0.1:{port}/ws/status")
+    return body["fanout"]["messages_received"], body["fanout"]["bytes_received"]
+
+
+def measure_cluster(mode: str) -> list[dict[str, Any]]:
+    """Three instances on one Redis; rooms whose members are all on A or on B; C has none.
+    Per instance: CPU and what it read from Redis, per message broadcast."""
+    redis = RedisServer()
+    redis.start()
+    ports = [free_port() for _ in CLUSTER_INSTANCES]
+    processes = [start_instance(mode, port, redis.url) for port in ports]
+    try:
+        for port in ports:
+            wait_for_port(port)
+        time.sleep(1.0)
+        samplers = [Sampler(process.pid).start() for process in processes]
+        assert redis.process is not None
+        redis_sampler = Sampler(redis.process.pid).start()
+        urls = ",".join(f"http://127.0.0.1:{port}" for port in ports)
+        loadgen = subprocess.Popen(
+            ["node", str(BENCH / "loadgen.mjs"), "cluster", urls, token()],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert loadgen.stdout is not None
+        before: list[tuple[int, int]] = []
+        phases: list[dict[str, Any]] = []
+        for line in loadgen.stdout:
+            if not line.startswith("{"):
+                continue
+            record = json.loads(line)
+            if record.get("ready"):
+                before = [redis_reads(mode, port) for port in ports]
+            else:
+                after = [redis_reads(mode, port) for port in ports]
+                record["instances"] = instance_figures(record, samplers, before, after)
+                start, end = record["start"] / 1000, record["end"] / 1000
+                redis_cpu = redis_sampler.cpu_between(start, end)
+                record["redisCpuUsPerBroadcast"] = round(redis_cpu * 1e6 / record["sent"], 1)
+                phases.append(record)
+        if loadgen.wait(timeout=300) != 0:
+            raise RuntimeError(f"loadgen cluster ({mode}) failed")
+        for sampler in [*samplers, redis_sampler]:
+            sampler.stop()
+        return phases
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=15)
+        redis.stop()
+
+
+def redis_pubsub_ceiling(subscribers: int = 3, payload: int = 300) -> dict[str, Any]:
+    """Redis alone at saturation: redis-benchmark publishes from 50 connections without
+    pipelining (as instances do) to a channel with ``subscribers`` readers; Redis CPU per
+    pub/sub message (a publish or a delivery). At the cluster run's low rate, Redis's per-wakeup
+    overhead dominates; a shard's capacity is what it does when busy."""
+    redis = RedisServer()
+    redis.start()
+    assert redis.process is not None
+    readers = [
+        subprocess.Popen(
+            ["redis-cli", "-p", str(redis.port), "subscribe", "room"], stdout=subprocess.DEVNULL
+        )
+        for _ in range(subscribers)
+    ]
+    try:
+        time.sleep(0.5)
+        sampler = Sampler(redis.process.pid).start()
+        time.sleep(0.2)
+        count = 200_000
+        started = time.time()
+        subprocess.run(
+            [
+                *(
+                    "redis-benchmark",
+                    "-p",
+                    str(redis.port),
+                    "-n",
+                    str(count),
+                    "-c",
+                    "50",
+                    "-P",
+                    "1",
+                ),
+                *("-q", "publish", "room", "x" * payload),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        ended = time.time()
+        time.sleep(0.2)
+        sampler.stop()
+        cpu = sampler.cpu_between(started, ended)
+        return {
+            "subscribers": subscribers,
+            "payloadBytes": payload,
+            "publishesPerSecond": round(count / (ended - started)),
+            "cpuUsPerPubsubMessage": round(cpu * 1e6 / (count * (1 + subscribers)), 2),
+        }
+    finally:
+        for reader in readers:
+            reader.kill()
+        redis.stop()
+
+
+def instance_figures(
+    phase: dict[str, Any],
+    samplers: list[Sampler],
+    before: list[tuple[int, int]],
+    after: list[tuple[int, int]],
+) -> list[dict[str, Any]]:
+    start, end, sent = phase["start"] / 1000, phase["end"] / 1000, max(phase["sent"], 1)
+    figures = []
+    for name, sampler, (m0, b0), (m1, b1) in zip(
+        CLUSTER_INSTANCES, samplers, before, after, strict=True
+    ):
+        cpu = sampler.cpu_between(start, end)
+        figures.append(
+            {
+                "instance": name,
+                "cpuSeconds": round(cpu, 3),
+                "cpuUsPerBroadcast": round(cpu * 1e6 / sent, 1),
+                "redisMessagesPerBroadcast": round((m1 - m0) / sent, 3),
+                "redisBytesPerBroadcast": round((b1 - b0) / sent, 1),
+            }
+        )
+    return figures
+
+
+def measure(
+    server: str,
+    scenario: str,
+    fake_url: str,
+    redis: RedisServer | None = None,
+    env: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
     port = free_port()
     process = (
         start_reference(port, fake_url)
         if server == "reference"
-        else start_ours(port, fake_url, scenario.startswith("ai"))
+        else start_ours(port, fake_url, scenario.startswith("ai"), redis and redis.url)
     )
     try:
         wait_for_port(port)
         time.sleep(1.0)
         sampler = Sampler(process.pid).start()
+        redis_sampler = Sampler(redis.process.pid).start() if redis and redis.process else None
         time.sleep(0.5)
-        phases = run_loadgen(scenario, f"http://127.0.0.1:{port}")
+        phases = run_loadgen(scenario, f"http://127.0.0.1:{port}", env)
         time.sleep(0.2)
         sampler.stop()
+        if redis_sampler is not None:
+            redis_sampler.stop()
         for phase in phases:
             start, end = phase["start"] / 1000, phase["end"] / 1000
             cpu = sampler.cpu_between(start, end)
             phase["cpuSeconds"] = round(cpu, 3)
+            if redis_sampler is not None and phase.get("sent"):
+                redis_cpu = redis_sampler.cpu_between(start, end)
+                phase["redisCpuUsPerMessage"] = round(redis_cpu * 1e6 / phase["sent"], 1)
             if phase.get("tokens"):
                 phase["cpuUsPerToken"] = round(cpu * 1e6 / phase["tokens"], 1)
             if phase.get("delivered"):
@@ -184,11 +373,16 @@ def summarize(
     def pick(server: str, scenario: str) -> list[dict[str, Any]]:
         return results.get(server, {}).get(scenario, [])
 
-    def both(scenario: str, label: str, getter: Any) -> None:
+    def both(scenario: str, label: str, getter: Any, source: str | None = None) -> None:
         values = []
-        for server in ("ours", "reference"):
+        # The cluster scenario compares routed fan-out with python-socketio's stock manager;
+        # the redis one, ours on one Redis with ours alone.
+        servers = {"cluster": ("routed", "stock"), "redis": ("ours-redis", "ours")}.get(
+            scenario, ("ours", "reference")
+        )
+        for server in servers:
             try:
-                values.append(getter(pick(server, scenario)))
+                values.append(getter(pick(server, source or scenario)))
             except (IndexError, KeyError, TypeError, ValueError, StopIteration):
                 values.append(None)
         if values != [None, None]:
@@ -217,6 +411,47 @@ def summarize(
     both("bigroom", "CPU µs per delivery", lambda p: p[0]["cpuUsPerDelivery"])
     both("bigroom", "p50 ms", lambda p: round(p[0]["p50"], 1))
     both("bigroom", "p99 ms", lambda p: round(p[0]["p99"], 1))
+    per_delivery = lambda p: at_rate(p, 400)["cpuUsPerDelivery"]  # noqa: E731
+    both("redis", "fanout CPU µs per delivery @400 msg/s", per_delivery, "fanout")
+    both("redis", "fanout p99 ms @400 msg/s", lambda p: round(at_rate(p, 400)["p99"], 1), "fanout")
+    both("redis", "ai CPU µs per token delivered", lambda p: p[0]["cpuUsPerToken"], "ai")
+    both("redis", "ai relay latency per chunk, p99 ms", _ms("relayP99"), "ai")
+    ceiling = results.get("redis-server", {}).get("pubsub")
+    if ceiling:
+        rows.append(
+            (
+                "redis",
+                "Redis alone, saturated: publishes/s (3 subscribers, 300 B, 50 clients)",
+                ceiling[0]["publishesPerSecond"],
+                None,
+            )
+        )
+        rows.append(
+            (
+                "redis",
+                "Redis alone, saturated: CPU µs per pub/sub message",
+                ceiling[0]["cpuUsPerPubsubMessage"],
+                None,
+            )
+        )
+    for name in CLUSTER_INSTANCES:
+
+        def of(phases: list[dict[str, Any]], key: str, name: str = name) -> Any:
+            return next(i for i in phases[0]["instances"] if i["instance"] == name)[key]
+
+        holds = "one user, unrelated room" if name == "C" else "members of half the rooms"
+        both(
+            "cluster",
+            f"{name} ({holds}): CPU µs per broadcast",
+            lambda p: of(p, "cpuUsPerBroadcast"),
+        )
+        both(
+            "cluster",
+            f"{name}: bytes read from Redis per broadcast",
+            lambda p: of(p, "redisBytesPerBroadcast"),
+        )
+    both("cluster", "Redis server: CPU µs per broadcast", lambda p: p[0]["redisCpuUsPerBroadcast"])
+    both("cluster", "delivered / expected", lambda p: f"{p[0]['delivered']}/{p[0]['expected']}")
     for scenario in ("ai", "ailight"):
         both(scenario, "chunk events delivered", lambda p: p[0]["delivered"])
         both(scenario, "tokens delivered", lambda p: p[0]["tokens"])
@@ -239,22 +474,26 @@ def _ms(key: str) -> Any:
 
 def markdown(rows: list[tuple[str, str, Any, Any]], meta: dict[str, Any]) -> str:
     lines = [
-        f"Measured {meta['date']} on {meta['machine']}; `scripts/bench`.",
+        f"Measured {meta['date']} on {meta['machine']}; `scripts/bench`. The baseline is the "
+        "Node socket.io v4 reference, except in the redis rows (ours on one Redis, against ours "
+        "without) and the cluster rows (routed fan-out over three instances, against "
+        "python-socketio's stock AsyncRedisManager).",
         "",
-        "| scenario | metric | ours | Node reference | ours / reference |",
+        "| scenario | metric | ours | baseline | ours / baseline |",
         "|---|---|---|---|---|",
     ]
     for scenario, label, ours, reference in rows:
         ratio = ""
         if isinstance(ours, int | float) and isinstance(reference, int | float) and reference:
             ratio = f"{ours / reference:.2f}×"
-        lines.append(f"| {scenario} | {label} | {ours} | {reference} | {ratio} |")
+        shown = ["" if value is None else value for value in (ours, reference)]
+        lines.append(f"| {scenario} | {label} | {shown[0]} | {shown[1]} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", "--scenario", default=",".join(SCENARIOS))
     parser.add_argument("--servers", default="ours,reference")
     args = parser.parse_args()
     PIN[:] = server_pinning()
@@ -264,8 +503,31 @@ def main() -> int:
     fake_url = asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
 
     (BENCH / "results").mkdir(exist_ok=True)
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    # A run of some scenarios updates those in the results file and keeps the others.
+    previous = BENCH / "results" / "latest.json"
+    results: dict[str, dict[str, list[dict[str, Any]]]] = (
+        json.loads(previous.read_text())["results"] if previous.exists() else {}
+    )
     for scenario in args.scenarios.split(","):
+        if scenario == "redis":
+            for name, (loadgen_scenario, env) in REDIS_RUNS.items():
+                print(f"==> {name} on ours with Redis", flush=True)
+                redis = RedisServer()
+                redis.start()
+                try:
+                    results.setdefault("ours-redis", {})[name] = measure(
+                        "ours", loadgen_scenario, fake_url, redis, env
+                    )
+                finally:
+                    redis.stop()
+            print("==> Redis pub/sub ceiling (redis-benchmark)", flush=True)
+            results.setdefault("redis-server", {})["pubsub"] = [redis_pubsub_ceiling()]
+            continue
+        if scenario == "cluster":
+            for mode in CLUSTER_MODES:
+                print(f"==> cluster, {mode} fan-out", flush=True)
+                results.setdefault(mode, {})["cluster"] = measure_cluster(mode)
+            continue
         for server in args.servers.split(","):
             print(f"==> {scenario} on {server}", flush=True)
             results.setdefault(server, {})[scenario] = measure(server, scenario, fake_url)

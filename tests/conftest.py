@@ -215,8 +215,20 @@ class Cluster:
         return "\n".join(f"--- {app.log_path.name}\n{app.log()[-4000:]}" for app in self.apps)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_FAILED] = report.failed
+    return report
+
+
+CALL_FAILED = pytest.StashKey[bool]()
+
+
 @pytest.fixture
 def cluster(
+    request: pytest.FixtureRequest,
     mongo_server: MongoServer,
     redis_server: RedisServer,
     fake_openai: FakeOpenAI,
@@ -237,3 +249,5 @@ def cluster(
     running = Cluster(tmp_path, env)
     yield running
     running.stop()
+    if request.node.stash.get(CALL_FAILED, False):  # the servers' side of a failure, in CI too
+        print(running.logs())

@@ -1,4 +1,5 @@
-"""The aiChunk coalescing policy of ReplyService, on the in-memory store and coordination.
+"""ReplyService on the in-memory store and coordination: the aiChunk coalescing policy, and
+a takeover edge case no end-to-end kill can time reliably.
 
 The assistant here is a scripted stand-in for the LLM (the only part tests may replace) and the
 rooms record what the room would receive, with the loop time of each emit. The end-to-end
@@ -15,8 +16,8 @@ from typing import Any
 
 from server.coordination import in_memory
 from server.domain.events import ServerEvent
-from server.domain.models import ConsultationKey
-from server.domain.ports import Delta, ReplyRequest
+from server.domain.models import Author, ConsultationKey, Message
+from server.domain.ports import Delta, ReplyDraft, ReplyRequest
 from server.domain.replies import ReplyCoordination, ReplyService, ReplySettings
 from server.storage.memory import MemoryStore
 
@@ -131,3 +132,43 @@ async def test_without_a_window_every_delta_is_its_own_chunk() -> None:
     # The final chunk (isComplete) carries whatever the stream's end overtook.
     assert contents[:3] == ["a ", "b ", "c "]
     assert "".join(contents) == "a b c d "
+
+
+async def test_a_reply_stored_by_an_instance_that_died_before_publishing_it_reaches_the_room() -> (
+    None
+):
+    # What an instance leaves when it dies between storing its reply and publishing it: the
+    # question and the reply stored, the buffer still naming the reply, an expired lock and
+    # an overdue entry in the registry. Another instance's reaper publishes the stored reply.
+    key = ConsultationKey("tenant", "died-before-publishing")
+    store, coordination, rooms = MemoryStore(), in_memory(), RecordingRooms()
+    question = await store.append(Message.new(key, Author.USER, "hello"))
+    reply = await store.append(
+        Message.new(key, Author.ASSISTANT, "hi there", answers_seq=question.message.seq)
+    )
+    started = ReplyDraft(reply.message.id, owner="dead", request_seq=question.message.seq)
+    await coordination.buffer.start(key.room, started, 60)
+    await coordination.buffer.append(key.room, reply.message.id, "dead", "hi there", 60)
+    await coordination.inflight.touch(key.room, 0)
+    service = ReplyService(
+        store,
+        ScriptedAssistant([(0.0, "never asked ")]),
+        rooms,
+        ReplyCoordination(
+            coordination.locks,
+            coordination.queue,
+            coordination.buffer,
+            coordination.stops,
+            coordination.inflight,
+        ),
+        ReplySettings(system_prompt="test", lock_ttl_seconds=0.6),
+    )
+    service.start()
+    try:
+        await asyncio.wait_for(rooms.done.wait(), timeout=10)
+    finally:
+        await service.stop_reaper()
+    [published] = [data for _, event, data in rooms.events if event == "aiMessage"]
+    assert (published["id"], published["seq"]) == (reply.message.id, reply.message.seq)
+    assert [event for _, event, _ in rooms.events] == ["aiMessage", "aiThinking"]
+    assert await coordination.buffer.read(key.room) is None

@@ -401,8 +401,14 @@ class ReplyService:
         if buffered is None:
             return  # it had stored its reply, or had not started one: only pending is left
         stored = await self._store.after(key, buffered.request_seq, self._settings.context_messages)
-        if any(m.id == buffered.message_id for m in stored):
-            await self._buffer.clear(name, buffered.message_id)  # stored, not cleared: done
+        reply = next((m for m in stored if m.id == buffered.message_id), None)
+        if reply is not None:
+            # Stored, and maybe never published: the room gets it now (the hub delivers each
+            # seq once, so members that had it see nothing new).
+            await self._rooms.to_room(name, AiMessage(message=reply))
+            done = AiThinking(consultation_id=key.consultation_id, status="done")
+            await self._safe_emit(key, done)
+            await self._buffer.clear(name, buffered.message_id)
             return
         partial = await self._buffer.claim(name, buffered.message_id, lock.token, self._buffer_ttl)
         if partial is None:
@@ -640,11 +646,13 @@ class ReplyService:
             )
             # What the room saw must reach the history: through a database outage too.
             appended = await self._patiently(lambda: self._store.append(reply), lock)
-            await self._buffer.clear(name, draft.message_id)
             stored = True
             if appended.created:
                 self._reply_done(draft, reply.status.value)
                 await self._rooms.to_room(name, AiMessage(message=appended.message))
+            # Cleared only once the room has the message: an instance dying in between
+            # leaves the buffer to its taker, which publishes the stored reply again.
+            await self._buffer.clear(name, draft.message_id)
         if failure is not None:
             if not stored:
                 self._reply_done(draft, failure.code)

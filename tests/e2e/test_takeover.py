@@ -89,7 +89,7 @@ async def test_with_resume_off_what_streamed_is_stored_incomplete(
     cluster: Cluster, connect: Connect
 ) -> None:
     streaming, survivor = cluster.start_apps(
-        2, AI_MODELS="slow-60", AI_LOCK_TTL_SECONDS="2", AI_RESUME="off"
+        2, AI_MODELS="slow-150", AI_LOCK_TTL_SECONDS="2", AI_RESUME="off"
     )
     await _stored_incomplete_after_a_kill(streaming, survivor, connect)
 
@@ -98,7 +98,7 @@ async def test_when_continuing_fails_what_streamed_is_stored_incomplete(
     cluster: Cluster, connect: Connect
 ) -> None:
     streaming, survivor = cluster.start_apps(
-        2, AI_MODELS="nocontinue-slow-60", AI_LOCK_TTL_SECONDS="2"
+        2, AI_MODELS="nocontinue-slow-150", AI_LOCK_TTL_SECONDS="2"
     )
     await _stored_incomplete_after_a_kill(streaming, survivor, connect)
 
@@ -110,6 +110,8 @@ async def _stored_incomplete_after_a_kill(
     asker = await connect(streaming.url, token=token, join="partial-kept")
     watcher = await connect(survivor.url, token=token, join="partial-kept")
     await asker.send("partial-kept", QUESTION)
+    # 150 ms a token: the reply streams for ~3 s, so the kill lands mid-stream even when
+    # the watcher sees its chunks late on a loaded machine.
     before = await seen_before_kill(watcher)
     streaming.kill()
     [reply] = await watcher.wait_for("aiMessage", timeout=30)

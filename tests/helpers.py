@@ -285,3 +285,39 @@ class RawClient:
             await self._ws.close()
         if self._reader is not None:
             await self._reader
+
+
+async def limits_hold_across_instances(
+    url_a: str, url_b: str, connect: Callable[..., Awaitable[ChatClient]], token: str
+) -> None:
+    """Two instances started with ``RATE_LIMIT_MESSAGES=4`` and ``MAX_CONNECTIONS_PER_USER=2``:
+    the user's four messages, two through each, use up the rate limit on both; a third
+    connection is refused while one is open on each; a slot freed on B is free on A."""
+    on_a = await connect(url_a, token=token, join="limited")
+    on_b = await connect(url_b, token=token, join="limited")
+    for i in range(4):
+        await (on_a if i % 2 else on_b).send("limited", f"m{i}")
+    for client in (on_a, on_b):
+        refused = await client.call("sendMessage", {"consultationId": "limited", "content": "x"})
+        assert refused["error"]["code"] == "rate_limited"
+    third = ChatClient(url_a, token=token)
+    try:
+        await third.connect()
+    except socketio.exceptions.ConnectionError:
+        pass
+    else:
+        raise AssertionError("a third connection was accepted")
+    assert third.connect_error["data"]["code"] == "too_many_connections"
+    await on_b.disconnect()
+
+    async def try_connect() -> ChatClient | None:
+        client = ChatClient(url_a, token=token)
+        try:
+            return await client.connect()
+        except socketio.exceptions.ConnectionError:
+            return None
+
+    # B's slot is freed cluster-wide once B has seen the disconnect.
+    again = await eventually(try_connect, timeout=10)
+    assert again.sio.connected
+    await again.disconnect()

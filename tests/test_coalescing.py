@@ -67,24 +67,31 @@ class RecordingRooms:
         return [(at, data) for at, event, data in self.events if event == "aiChunk"]
 
 
+def service_on(
+    store: MemoryStore,
+    assistant: ScriptedAssistant,
+    rooms: RecordingRooms,
+    coordination: Any,
+    **settings: Any,
+) -> ReplyService:
+    parts = ReplyCoordination(
+        coordination.locks,
+        coordination.queue,
+        coordination.buffer,
+        coordination.stops,
+        coordination.inflight,
+    )
+    return ReplyService(
+        store, assistant, rooms, parts, ReplySettings(system_prompt="test", **settings)
+    )
+
+
 async def run_reply(script: list[tuple[float, str]], window: float) -> tuple[Any, Any]:
     assistant = ScriptedAssistant(script)
     notifier = RecordingRooms()
     coordination = in_memory()
     store = MemoryStore()
-    service = ReplyService(
-        store,
-        assistant,
-        notifier,
-        ReplyCoordination(
-            coordination.locks,
-            coordination.queue,
-            coordination.buffer,
-            coordination.stops,
-            coordination.inflight,
-        ),
-        ReplySettings(system_prompt="test", chunk_flush_seconds=window),
-    )
+    service = service_on(store, assistant, notifier, coordination, chunk_flush_seconds=window)
     service.request(ConsultationKey("tenant", "coalescing"))
     await asyncio.wait_for(notifier.done.wait(), timeout=20)
     return assistant, notifier
@@ -150,19 +157,8 @@ async def test_a_reply_stored_by_an_instance_that_died_before_publishing_it_reac
     await coordination.buffer.start(key.room, started, 60)
     await coordination.buffer.append(key.room, reply.message.id, "dead", "hi there", 60)
     await coordination.inflight.touch(key.room, 0)
-    service = ReplyService(
-        store,
-        ScriptedAssistant([(0.0, "never asked ")]),
-        rooms,
-        ReplyCoordination(
-            coordination.locks,
-            coordination.queue,
-            coordination.buffer,
-            coordination.stops,
-            coordination.inflight,
-        ),
-        ReplySettings(system_prompt="test", lock_ttl_seconds=0.6),
-    )
+    assistant = ScriptedAssistant([(0.0, "never asked ")])
+    service = service_on(store, assistant, rooms, coordination, lock_ttl_seconds=0.6)
     service.start()
     try:
         await asyncio.wait_for(rooms.done.wait(), timeout=10)

@@ -6,10 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
-import socketio
 
 from tests.conftest import Cluster, Connect, make_token
-from tests.helpers import ChatClient, assert_clean_stream, eventually
+from tests.helpers import ChatClient, assert_clean_stream, eventually, limits_hold_across_instances
 from tests.servers import AppProcess, RedisServer, http_json
 
 
@@ -212,37 +211,12 @@ async def test_rate_limit_and_connection_limit_hold_across_instances(
         RATE_LIMIT_WINDOW_SECONDS="30",
         MAX_CONNECTIONS_PER_USER="2",
     )
-    token = make_token("hal")
-    on_a = await connect(app_a.url, token=token, join="limited")
-    on_b = await connect(app_b.url, token=token, join="limited")
-    for i in range(4):
-        await (on_a if i % 2 else on_b).send("limited", f"m{i}")
-    for client in (on_a, on_b):
-        refused = await client.call("sendMessage", {"consultationId": "limited", "content": "x"})
-        assert refused["error"]["code"] == "rate_limited"
-
-    third = ChatClient(app_a.url, token=token)  # one on A and one on B already
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        await third.connect()
-    assert third.connect_error["data"]["code"] == "too_many_connections"
-    await on_b.disconnect()
-    # B's slot is freed cluster-wide once B has seen the disconnect.
-    again = await eventually(lambda: _try_connect(app_a.url, token), timeout=10)
-    assert again.sio.connected
-    await again.disconnect()
+    await limits_hold_across_instances(app_a.url, app_b.url, connect, make_token("hal"))
 
 
 async def _unready(app: AppProcess) -> tuple[int, Any] | None:
     readiness = await asyncio.to_thread(app.readiness)
     return readiness if readiness[0] == 503 else None
-
-
-async def _try_connect(url: str, token: str) -> ChatClient | None:
-    client = ChatClient(url, token=token)
-    try:
-        return await client.connect()
-    except socketio.exceptions.ConnectionError:
-        return None
 
 
 async def test_status_gives_cluster_totals_from_every_live_instance(

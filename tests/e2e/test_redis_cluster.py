@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import socketio
 
 from tests.conftest import Cluster, Connect, make_token
-from tests.helpers import ChatClient, assert_clean_stream, eventually
-from tests.servers import AppProcess, RedisCluster
+from tests.helpers import assert_clean_stream, limits_hold_across_instances
+from tests.servers import RedisCluster
 
 
 @pytest.fixture
@@ -62,27 +61,4 @@ async def test_rate_and_connection_limits_hold_across_instances(
         RATE_LIMIT_WINDOW_SECONDS="30",
         MAX_CONNECTIONS_PER_USER="2",
     )
-    token = make_token("dora")
-    on_a = await connect(app_a.url, token=token, join="limited")
-    on_b = await connect(app_b.url, token=token, join="limited")
-    for i in range(4):
-        await (on_a if i % 2 else on_b).send("limited", f"m{i}")
-    for client in (on_a, on_b):
-        assert await client.fails("sendMessage", {"consultationId": "limited", "content": "x"}) == (
-            "rate_limited"
-        )
-    third = ChatClient(app_a.url, token=token)
-    with pytest.raises(socketio.exceptions.ConnectionError):
-        await third.connect()
-    assert third.connect_error["data"]["code"] == "too_many_connections"
-    await on_b.disconnect()
-    again = await eventually(lambda: _try_connect(app_a, token), timeout=10)
-    await again.disconnect()
-
-
-async def _try_connect(app: AppProcess, token: str) -> ChatClient | None:
-    client = ChatClient(app.url, token=token)
-    try:
-        return await client.connect()
-    except socketio.exceptions.ConnectionError:
-        return None
+    await limits_hold_across_instances(app_a.url, app_b.url, connect, make_token("dora"))

@@ -41,7 +41,8 @@ HOOKED: dict[str, tuple[Callable[..., Any], str, str]] = {
     "AsyncSocket._websocket_handler": (
         AsyncSocket._websocket_handler,
         "27f120df4d717a24",
-        "members.py writes frames while the writer it starts is idle (LeanSocket.writable_now)",
+        "LeanSocket._websocket_handler copies it (read loop without a task per packet); members.py "
+        "writes frames while the writer it starts is idle (LeanSocket.writable_now)",
     ),
     "engineio AsyncServer._handle_connect": (
         EngineIOServer._handle_connect,

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
@@ -168,11 +168,17 @@ class Record(BaseModel):
     @cached_property
     def _wire(self) -> dict[str, Any]:
         wire = self.model_dump(mode="json", by_alias=True)
-        for name in self.omit_when_none:
-            alias = to_camel(name)
+        for alias in _omitted_aliases(type(self)):
             if wire.get(alias, 0) is None:
                 del wire[alias]
         return wire
+
+
+@cache
+def _omitted_aliases(record: type[Record]) -> tuple[str, ...]:
+    """The wire names of a record's ``omit_when_none`` fields, once per class: ``to_camel`` is
+    a regex, and this runs for every message broadcast."""
+    return tuple(to_camel(name) for name in sorted(record.omit_when_none))
 
 
 class OperatorRef(BaseModel):

@@ -47,6 +47,22 @@ def token(user: str) -> str:
 
 # -- a careful frontend ---------------------------------------------------------------------------
 
+# A refused connect, join or send is retried after a pause (a send sooner when the error
+# says it is retryable), as a careful frontend does while a
+# server restarts: the pause is the behaviour under test, not a wait for a condition.
+BACKOFF_SECONDS = 0.5
+STORE_POLL_SECONDS = 0.5
+
+
+async def first_of(*events: asyncio.Event) -> None:
+    """Until one of the events is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
 
 @dataclass
 class Client:
@@ -64,6 +80,7 @@ class Client:
     _lost_at: float | None = None
     _joined: bool = False
     _ever_connected: bool = False
+    _up: asyncio.Event = field(default_factory=asyncio.Event)  # the namespace is connected
 
     def __post_init__(self) -> None:
         self.sio = socketio.AsyncClient(
@@ -74,6 +91,7 @@ class Client:
         )
         for event in ("userMessage", "aiMessage"):
             self.sio.on(event, self._stored, namespace=NAMESPACE)
+        self.sio.on("connect", self._up.set, namespace=NAMESPACE)
         self.sio.on("disconnect", self._disconnected, namespace=NAMESPACE)
 
     def _session(self) -> Any:
@@ -93,6 +111,7 @@ class Client:
 
     async def _disconnected(self, reason: Any = None) -> None:
         self.trace.append((time.monotonic(), f"disconnected {reason}", 0))
+        self._up.clear()
         self._joined = False
         if self._lost_at is None:
             self._lost_at = time.monotonic()
@@ -106,9 +125,9 @@ class Client:
     async def _connected(self, stop: asyncio.Event) -> bool:
         """Connected: the first time by connecting; afterwards python-socketio reconnects by
         itself (as socket.io-client does in a browser), and we only wait for it."""
-        while not self.sio.connected and not stop.is_set():
+        while not self._up.is_set() and not stop.is_set():
             if self._ever_connected:
-                await asyncio.sleep(0.1)
+                await first_of(self._up, stop)
                 continue
             try:
                 await self.sio.connect(
@@ -119,10 +138,11 @@ class Client:
                     wait_timeout=5,
                 )
                 self._ever_connected = True
+                self._up.set()
             except socketio.exceptions.ConnectionError as exc:
                 self._count(f"connect refused: {exc}")
-                await asyncio.sleep(0.5)
-        return self.sio.connected
+                await asyncio.sleep(BACKOFF_SECONDS)
+        return self._up.is_set()
 
     async def _ensure_joined(self, stop: asyncio.Event) -> bool:
         while await self._connected(stop):
@@ -137,11 +157,11 @@ class Client:
                 )
             except (socketio.exceptions.SocketIOError, TimeoutError, OSError):
                 self._count("timeout or disconnect")
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(BACKOFF_SECONDS)
                 continue
             if not ack.get("ok"):
                 self._count(ack["error"]["code"])
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(BACKOFF_SECONDS)
                 continue
             for message in ack["messages"]:
                 self.view[message["seq"]] = message["id"]
@@ -179,7 +199,7 @@ class Client:
                 return
             self._count(ack["error"]["code"])
             self.retries += 1
-            await asyncio.sleep(0.3 if ack["error"].get("retryable") else 1.0)
+            await asyncio.sleep(0.3 if ack["error"].get("retryable") else 1.0)  # backoff, as above
 
     async def run(self, stop: asyncio.Event, rng: random.Random) -> None:
         n = 0
@@ -307,7 +327,7 @@ async def settle(
         )
         if complete or time.monotonic() > deadline:
             return store
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(STORE_POLL_SECONDS)  # MongoDB has no push: poll the condition
 
 
 def report(

@@ -137,7 +137,7 @@ Timestamp = Annotated[
 def _record_required(schema: dict[str, Any], cls: Any) -> None:
     """In the schema, what the wire always carries is required: every field shown but those
     left out when None."""
-    omitted = {to_camel(name) for name in getattr(cls, "omit_when_none", ())}
+    omitted = set(_omitted_aliases(cls))
     shown = [to_camel(n) for n, info in cls.model_fields.items() if not info.exclude]
     schema["required"] = [name for name in shown if name not in omitted]
 

@@ -1,5 +1,6 @@
 // Shared by the demo page (/) and the operator console (/operator): plain JS, no build step.
-// window.Chat = { markdown, Log, Room, call, connect, el }.
+// window.Chat = { markdown, Log, Room, call, connect, el, clock, tokenSubject, $, status,
+// clientLoaded }.
 (function () {
   "use strict";
 
@@ -232,5 +233,20 @@
     }
   }
 
-  window.Chat = { markdown, Log, Room, call, connect, el, clock, tokenSubject };
+  // -- the page's status pill, shared by both pages ---------------------------------------------
+  const $ = (id) => document.getElementById(id);
+
+  function status(kind, text) {
+    $("status").className = "pill " + (kind === "connected" ? "ok" : kind);
+    $("status").textContent = text;
+  }
+
+  // Whether the Socket.IO client script loaded (local bundle, CDN or fallback); says so if not.
+  function clientLoaded() {
+    if (typeof io !== "undefined") return true;
+    status("bad", "The Socket.IO client could not be loaded");
+    return false;
+  }
+
+  window.Chat = { markdown, Log, Room, call, connect, el, clock, tokenSubject, $, status, clientLoaded };
 })();

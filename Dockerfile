@@ -11,15 +11,19 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     HOST=0.0.0.0 \
-    PORT=8080
+    PORT=8080 \
+    UV_PROJECT_ENVIRONMENT=/app/.venv \
+    PATH=/app/.venv/bin:$PATH
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+# Exactly the versions in uv.lock (the build fails when it does not match pyproject.toml).
+RUN pip install uv==0.13.9
+COPY pyproject.toml uv.lock .python-version README.md ./
 COPY server ./server
 COPY --from=client /client/node_modules/socket.io-client/dist/socket.io.min.js \
      /client/node_modules/socket.io-client/dist/socket.io.min.js.map \
      ./.cache/socket.io-client/node_modules/socket.io-client/dist/
-RUN pip install . && useradd --system --uid 10001 app
+RUN uv sync --locked --no-editable --python /usr/local/bin/python3 && useradd --system --uid 10001 app
 USER app
 
 EXPOSE 8080

@@ -1,39 +1,53 @@
-# Sourced by scripts/*: create or update the project's virtualenv (.venv) with the given extras.
-# One install marker for every script: it records which extras the last install had, so
-# scripts/serve after scripts/test (whose install is a superset) installs nothing, and
-# everything is re-installed when pyproject.toml changes.
+# Sourced by scripts/*: create or update the project's virtualenv (.venv) from uv.lock.
+# Installs are reproducible: `uv sync --locked` installs exactly what uv.lock names and fails
+# when uv.lock does not match pyproject.toml (update it deliberately: `uv lock --upgrade`, then
+# the suite). uv itself comes from PyPI into .cache/uv when the machine has none.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PYTHON="${PYTHON:-python3}"
 SOCKETIO_CLIENT_VERSION=4.8.1
+UV_VERSION=0.13.9
 
+find_uv() {
+  if command -v uv >/dev/null 2>&1; then
+    UV="$(command -v uv)"
+    return 0
+  fi
+  local tools="$ROOT/.cache/uv"
+  if [ ! -x "$tools/bin/uv" ]; then
+    echo "==> installing uv $UV_VERSION (from PyPI, into .cache/uv)"
+    "$PYTHON" -m venv "$tools"
+    "$tools/bin/python" -m pip install --quiet "uv==$UV_VERSION"
+  fi
+  UV="$tools/bin/uv"
+}
+
+# ensure_venv "extra,extra": the locked dependencies plus those extras. Extras installed by an
+# earlier script stay (--inexact): scripts/serve after scripts/test removes nothing.
 ensure_venv() {
   local extras="$1"
   if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
     echo "Python >= 3.11 is required (found $("$PYTHON" --version 2>&1)); set PYTHON=..." >&2
     exit 1
   fi
-  if [ ! -x "$VENV/bin/python" ]; then
-    echo "==> creating virtualenv in $VENV"
-    "$PYTHON" -m venv "$VENV"
-  fi
-  local stamp="$VENV/.installed" have="" wanted
-  if [ -f "$stamp" ] && [ ! "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+  local stamp="$VENV/.installed" wanted="${extras//,/ }"
+  if [ -f "$stamp" ] && [ ! "$ROOT/uv.lock" -nt "$stamp" ] && [ ! "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+    local have missing=0 extra
     have="$(cat "$stamp")"
-    local missing=0
-    for wanted in ${extras//,/ }; do
-      case ",$have," in *",$wanted,"*) ;; *) missing=1 ;; esac
+    for extra in $wanted; do
+      case " $have " in *" $extra "*) ;; *) missing=1 ;; esac
     done
     [ "$missing" = 0 ] && return 0
   fi
-  # Keep what the last install had: serve after test must not drop the test extras.
-  local all
-  all="$(printf '%s\n' ${have//,/ } ${extras//,/ } | sort -u | paste -sd, -)"
-  echo "==> installing the project${all:+ with extras [$all]}"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT${all:+[$all]}"
-  printf '%s' "$all" >"$stamp"
+  find_uv
+  local args=(sync --locked --inexact --quiet --python "$PYTHON")
+  for extra in $wanted; do args+=(--extra "$extra"); done
+  echo "==> installing the locked dependencies${extras:+ with extras [$extras]} into $VENV"
+  (cd "$ROOT" && UV_PROJECT_ENVIRONMENT="$VENV" "$UV" "${args[@]}")
+  local previous=""
+  [ -f "$stamp" ] && [ ! "$ROOT/uv.lock" -nt "$stamp" ] && previous="$(cat "$stamp")"
+  printf '%s\n' $previous $wanted | sort -u | paste -sd' ' - >"$stamp"
 }
 
 # The socket.io-client browser bundle the pages load when the CDN is out of reach (offline

@@ -434,7 +434,7 @@ class _Shard:
                         waiter.set_exception(ConnectionError("pub/sub connection lost"))
                 self._confirmations.clear()
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 with contextlib.suppress(Exception):
                     await client.aclose()
             if self.broker.sharded:

@@ -46,8 +46,9 @@ from .transport.net import parse_networks
 from .transport.pages import ClientScript, Pages
 from .transport.rest import Routes, cors_middleware
 from .transport.rooms import RoomHub
+from .transport.socketio.bridge import EngineBridge
 from .transport.socketio.namespace import ChatNamespace
-from .transport.socketio.server import close_sockets, create_server
+from .transport.socketio.server import create_server
 from .transport.websocket import RawChatEndpoint, RawSettings
 
 log = logging.getLogger("server")
@@ -75,6 +76,7 @@ class Components:
     authenticator: Authenticator
     hub: RoomHub
     sio: socketio.AsyncServer
+    bridge: EngineBridge
     raw: RawChatEndpoint
     replies: ReplyService
     consultations: ConsultationService
@@ -178,6 +180,12 @@ def build(
     hub = RoomHub(_broker(settings), settings.instance_id or new_instance_id())
     rooms = hub
     sio = create_server(settings)
+    bridge = EngineBridge(
+        sio,
+        outbox_limit=settings.outbox_max_bytes,
+        compression=settings.ws_compression,
+        max_message_bytes=settings.max_http_buffer_size,
+    )
     replies = ReplyService(
         store,
         assistant,
@@ -262,9 +270,11 @@ def build(
             idle_timeout=settings.ws_idle_timeout_seconds,
             auth_timeout=settings.ws_auth_timeout_seconds,
             compression=settings.ws_compression,
+            outbox_max_bytes=settings.outbox_max_bytes,
         ),
         dev_auth=settings.dev_auth,
         trusted_proxies=proxies,
+        outbox_stats=bridge.stats,
     )
     components = Components(
         settings,
@@ -274,6 +284,7 @@ def build(
         auth,
         hub,
         sio,
+        bridge,
         raw,
         replies,
         consultations,
@@ -351,7 +362,7 @@ def create_app(
     components = build(settings, store=store, assistant=assistant)
     app = web.Application(middlewares=[cors_middleware(settings.allowed_origins)])
     app[COMPONENTS] = components
-    components.sio.attach(app)
+    components.bridge.install(app)
     components.raw.install(app)
     Routes(
         components.consultations,
@@ -392,7 +403,7 @@ async def _drain(app: web.Application) -> None:
     parts = app[COMPONENTS]
     await parts.replies.wait_idle(SHUTDOWN_GRACE_SECONDS)
     await parts.raw.close_all()
-    await close_sockets(parts.sio)
+    await parts.bridge.close_all()
     await parts.sio.shutdown()
 
 
@@ -544,6 +555,10 @@ def _live_figures(parts: Components) -> Live:
             "fanout_reconnects": (
                 "Reconnections of the broker's listeners",
                 lambda: broker.stats.reconnects,
+            ),
+            "slow_consumer_disconnects": (
+                "Connections closed because frames waiting for them passed OUTBOX_MAX_BYTES",
+                lambda: parts.bridge.stats.slow_consumers,
             ),
             "fanout_gaps_filled": (
                 "Messages read from the store to fill a gap in a room's seq order",

@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     ping_timeout: Seconds = 20.0
     max_http_buffer_size: Annotated[int, Field(ge=1024)] = 1_000_000
     ws_compression: bool = False
+    # Bytes that may wait for one connection that does not read fast enough: past this it is
+    # a slow consumer and is closed (it reconnects and catches up from the store).
+    outbox_max_bytes: Annotated[int, Field(ge=16 * 1024)] = 1024 * 1024
     ws_idle_timeout_seconds: Seconds = 300.0
     ws_auth_timeout_seconds: Seconds = 10.0
     gc_tuning: bool = True

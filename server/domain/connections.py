@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from enum import StrEnum
 from typing import Any
 
 from ..errors import AppError, Forbidden, TokenExpired
@@ -20,7 +21,23 @@ from .session import ChatSession, Services
 
 log = logging.getLogger(__name__)
 
-Close = Callable[[], Awaitable[None]]
+
+class CloseReason(StrEnum):
+    """Why the server closes a connection. Each transport maps it to its wire (README)."""
+
+    TOKEN_EXPIRED = "token_expired"
+    POLICY = "policy"  # kicked, banned, tenant disabled
+    SLOW_CONSUMER = "slow_consumer"
+    DRAINING = "draining"  # the instance shuts down
+
+    @property
+    def ends_session(self) -> bool:
+        """True: the client must not reconnect as it is (Socket.IO: "io server disconnect").
+        False: only the transport goes; the client reconnects and catches up with lastSeq."""
+        return self in (CloseReason.TOKEN_EXPIRED, CloseReason.POLICY)
+
+
+Close = Callable[[CloseReason], Awaitable[None]]
 
 
 class ConnectionService:
@@ -58,8 +75,9 @@ class ConnectionService:
         address: str | None = None,
     ) -> ChatSession:
         """Admit a connection: raises :class:`Unauthorized` or :class:`TooManyConnections`.
-        ``close`` is how the transport drops it (token expiry); ``dev`` is the identity the
-        client chose, used in dev auth only; ``transport`` and ``address`` are for the log."""
+        ``close`` is how the transport drops it, for a :class:`CloseReason`; ``dev`` is the
+        identity the client chose, used in dev auth only; ``transport`` and ``address`` are for
+        the log."""
         services = self._services
         assert services is not None, "ConnectionService.bind() was not called"
         try:
@@ -176,7 +194,7 @@ class ConnectionService:
             await self.rooms.to_connection(
                 connection_id, ErrorEvent.model_validate(TokenExpired().to_wire())
             )
-        await close()
+        await close(CloseReason.TOKEN_EXPIRED)
 
     # -- the per-user registry -------------------------------------------------------------------
 

@@ -38,7 +38,8 @@ def client_address(
 
 
 def handshake_address(environ: Mapping[str, Any], proxies: Sequence[Network]) -> str | None:
-    # engineio's aiohttp driver sets REMOTE_ADDR to a constant; the request knows the peer.
-    request = environ.get("aiohttp.request")
-    peer = getattr(request, "remote", None) or environ.get("REMOTE_ADDR")
+    # Engine.IO's ASGI environ has a constant REMOTE_ADDR; the ASGI scope has the peer.
+    scope = environ.get("asgi.scope") or {}
+    client = scope.get("client")
+    peer = client[0] if client else environ.get("REMOTE_ADDR")
     return client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), proxies)

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Protocol
 
 from ..broker import Broker
 from ..domain.events import AiChunk, ServerEvent
+from ..fanout.outbox import websocket_frame
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +42,14 @@ FILL_ATTEMPTS = 8
 class Frame:
     """One server event, encoded lazily and at most once per wire format."""
 
-    __slots__ = ("_raw", "_raw_ws", "_sio", "_sio_ws", "data_json", "event", "packet")
+    __slots__ = ("_eio", "_raw", "_raw_ws", "_sio", "_sio_ws", "data_json", "event")
 
     def __init__(self, event: str, data_json: str) -> None:
         self.event = event
         self.data_json = data_json
         self._sio: str | None = None
+        self._eio: str | None = None
         self._sio_ws: bytes | None = None
-        self.packet: Any = None  # a transport's own wrapping, made once (Engine.IO's packet)
         self._raw: str | None = None
         self._raw_ws: bytes | None = None
 
@@ -63,10 +63,16 @@ class Frame:
             self._sio = f'2{namespace},["{self.event}",{self.data_json}]'
         return self._sio
 
+    def engineio_text(self, namespace: str) -> str:
+        """The Engine.IO MESSAGE carrying that packet."""
+        if self._eio is None:
+            self._eio = "4" + self.socketio_text(namespace)
+        return self._eio
+
     def socketio_ws(self, namespace: str) -> bytes:
         """The WebSocket frame carrying the Engine.IO message of that packet."""
         if self._sio_ws is None:
-            self._sio_ws = text_frame(("4" + self.socketio_text(namespace)).encode())
+            self._sio_ws = websocket_frame(self.engineio_text(namespace).encode())
         return self._sio_ws
 
     def raw_text(self) -> str:
@@ -77,20 +83,8 @@ class Frame:
 
     def raw_ws(self) -> bytes:
         if self._raw_ws is None:
-            self._raw_ws = text_frame(self.raw_text().encode())
+            self._raw_ws = websocket_frame(self.raw_text().encode())
         return self._raw_ws
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final WebSocket text frame (RFC 6455 §5.2), as a server sends it."""
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", 0x81, length)
-    elif length < 65536:
-        header = struct.pack("!BBH", 0x81, 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, length)
-    return header + payload
 
 
 class Member(Protocol):

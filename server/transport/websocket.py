@@ -19,19 +19,20 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..domain.connections import ConnectionService
+from ..domain.connections import CloseReason, ConnectionService
 from ..domain.models import Identity, iso, utcnow
 from ..domain.session import ChatSession
 from ..errors import AppError, InvalidPayload, TooManyConnections, Unauthorized
+from ..fanout.outbox import DEFAULT_MAX_BYTES, Outbox, OutboxStats
 from .auth import bearer_token
 from .net import Network, client_address
 from .rooms import Frame, RoomHub
+from .sinks import WebSocketSink, close_websocket
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ MAX_FRAME_BYTES = 1_000_000
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_TOO_MANY = 4429
 CLOSE_IDLE = 4408
+CLOSE_POLICY = 4403
+CLOSE_SLOW_CONSUMER = 4008
+CLOSES: dict[CloseReason, tuple[int, str]] = {
+    CloseReason.TOKEN_EXPIRED: (CLOSE_UNAUTHORIZED, "token expired"),
+    CloseReason.POLICY: (CLOSE_POLICY, "closed by policy"),
+    CloseReason.SLOW_CONSUMER: (CLOSE_SLOW_CONSUMER, "slow consumer"),
+    CloseReason.DRAINING: (WSCloseCode.GOING_AWAY, "server shutting down"),
+}
 
 
 @dataclass(frozen=True)
@@ -48,33 +57,33 @@ class RawSettings:
     idle_timeout: float = 300.0
     compression: bool = False
     auth_timeout: float = AUTH_TIMEOUT_SECONDS
+    outbox_max_bytes: int = DEFAULT_MAX_BYTES
 
 
 class RawMember:
-    """A plain WebSocket as a member of the room hub. Frames go out in order through one
-    writer; while it is idle and nothing is queued, a broadcast frame is written straight to
-    the transport (what the writer would write, minus the hops)."""
+    """A plain WebSocket as a member of the room hub: every frame (broadcasts, replies,
+    acknowledgements) goes through its outbox, in order."""
 
-    def __init__(self, connection_id: str, ws: web.WebSocketResponse, direct: bool) -> None:
+    def __init__(
+        self,
+        connection_id: str,
+        ws: web.WebSocketResponse,
+        transport: asyncio.BaseTransport | None,
+        settings: RawSettings,
+        stats: OutboxStats | None,
+    ) -> None:
         self.id = connection_id
         self.ws = ws
+        self.transport = transport
         self.wants_chunks = True  # a client that sends ``stream: false`` gets whole replies
-        self._direct = direct
-        self._queue: deque[str] = deque()
-        self._wake = asyncio.Event()
-        self._writing = False
-        self._closed = False
-        self._writer = asyncio.ensure_future(self._write())
+        sink = WebSocketSink(ws, transport, direct=not settings.compression)
+        self.outbox = Outbox(sink, settings.outbox_max_bytes, self._slow_consumer, stats)
+        self._closing: asyncio.Task[None] | None = None
 
     def deliver(self, frame: Frame) -> None:
-        if self._closed or (frame.event == "aiChunk" and not self.wants_chunks):
+        if frame.event == "aiChunk" and not self.wants_chunks:
             return
-        transport = self._transport() if self._direct else None
-        if transport is not None and not self._writing and not self._queue:
-            transport.write(frame.raw_ws())
-            return
-        self._queue.append(frame.raw_text())
-        self._wake.set()
+        self.outbox.send(frame.raw_text(), frame.raw_ws())
 
     def send(self, event: str, data: Any) -> None:
         self.deliver(Frame(event, json.dumps(data, separators=(",", ":"))))
@@ -82,35 +91,25 @@ class RawMember:
     def ack(self, frame_id: int | str, data: Any) -> None:
         """``{"event": "ack", "id": frame_id, "data": data}``, in order with the rest."""
         body = {"event": "ack", "id": frame_id, "data": data}
-        self._queue.append(json.dumps(body, separators=(",", ":")))
-        self._wake.set()
+        self.outbox.send(json.dumps(body, separators=(",", ":")))
 
-    def _transport(self) -> asyncio.Transport | None:
-        writer = getattr(self.ws, "_writer", None)
-        transport = getattr(writer, "transport", None)
-        if transport is None or transport.is_closing() or self.ws.closed:
-            return None
-        return transport  # type: ignore[no-any-return]
+    def close_with(self, code: int, reason: str) -> None:
+        """Close the socket with an application code, once, without waiting here."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(
+                close_websocket(
+                    self.ws, self.transport, code, reason.encode()[:120], outbox=self.outbox
+                )
+            )
 
-    async def _write(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            self._writing = True
-            try:
-                while self._queue:
-                    await self.ws.send_str(self._queue.popleft())
-            except (ConnectionError, RuntimeError):
-                self._closed = True
-                return
-            finally:
-                self._writing = False
+    async def closed(self) -> None:
+        """Wait for a close under way."""
+        if self._closing is not None:
+            with contextlib.suppress(Exception):
+                await self._closing
 
-    async def close(self) -> None:
-        self._closed = True
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._writer
+    def _slow_consumer(self) -> None:
+        self.close_with(CLOSE_SLOW_CONSUMER, "slow consumer")
 
 
 class RawChatEndpoint:
@@ -122,22 +121,26 @@ class RawChatEndpoint:
         *,
         dev_auth: bool,
         trusted_proxies: tuple[Network, ...] = (),
+        outbox_stats: OutboxStats | None = None,
     ) -> None:
+        self._outbox_stats = outbox_stats
         self._connections = connections
         self._hub = hub
         self._settings = settings
         self._dev_auth = dev_auth
         self._proxies = trusted_proxies
-        self._open: set[web.WebSocketResponse] = set()
+        self._open: set[RawMember] = set()
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/ws/chat", self.handle)
 
     async def close_all(self) -> None:
         """Shutdown: close every raw socket so clients reconnect elsewhere."""
-        for ws in list(self._open):
-            with contextlib.suppress(Exception):
-                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        code, reason = CLOSES[CloseReason.DRAINING]
+        members = list(self._open)
+        for member in members:
+            member.close_with(code, reason)
+        await asyncio.gather(*(member.closed() for member in members))
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(
@@ -146,9 +149,9 @@ class RawChatEndpoint:
             compress=self._settings.compression,
         )
         await ws.prepare(request)
-        self._open.add(ws)
         connection_id = f"{uuid.uuid4().hex}@{self._hub.instance_id}"
-        member = RawMember(connection_id, ws, direct=not self._settings.compression)
+        member = RawMember(connection_id, ws, request.transport, self._settings, self._outbox_stats)
+        self._open.add(member)
         self._hub.attach(member)
         session: ChatSession | None = None
         try:
@@ -156,13 +159,14 @@ class RawChatEndpoint:
             if session is not None:
                 await self._serve(ws, member, session)
         finally:
-            self._open.discard(ws)
+            self._open.discard(member)
             if session is not None:
                 await self._connections.close(connection_id)
             await self._hub.detach(connection_id)
-            await member.close()
+            member.outbox.close()
+            await member.closed()
             if not ws.closed:
-                await ws.close()
+                await close_websocket(ws, request.transport, WSCloseCode.OK, b"")
         return ws
 
     # -- authentication -------------------------------------------------------------------------
@@ -209,8 +213,10 @@ class RawChatEndpoint:
         token: str | None,
         dev: dict[str, str] | None,
     ) -> ChatSession | None:
-        async def close() -> None:  # the token expired without refreshToken
-            await ws.close(code=CLOSE_UNAUTHORIZED, message=b"token expired")
+        async def close(reason: CloseReason) -> None:
+            code, text = CLOSES[reason]
+            member.close_with(code, text)
+            await member.closed()
 
         address = client_address(
             request.remote, request.headers.get("X-Forwarded-For"), self._proxies
@@ -227,8 +233,8 @@ class RawChatEndpoint:
         """Tell why, then close with an application code every WebSocket client can read."""
         member.send("error", error.to_wire())
         code = CLOSE_TOO_MANY if isinstance(error, TooManyConnections) else CLOSE_UNAUTHORIZED
-        await asyncio.sleep(0)  # let the writer flush the error frame first
-        await ws.close(code=code, message=error.message.encode()[:120])
+        member.close_with(code, error.message)  # after the error frame, in its outbox's order
+        await member.closed()
 
     def _connected(self, member: RawMember, identity: Identity | None) -> dict[str, Any]:
         body: dict[str, Any] = {

@@ -265,7 +265,7 @@ async def test_raw_malformed_packets_do_not_crash_the_server(
             assert outcome in {"answered", "closed"}, (frame, outcome)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], "\n".join(r.getMessage() for r in errors)
-    assert server.components.sio.protocol_errors > 0  # broken peers were closed, not served
+    assert server.components.bridge.protocol_errors > 0  # broken peers were closed, not served
     survivor = await connect(server.url)
     await survivor.join("after-raw")
     assert (await survivor.send("after-raw", "fine"))["seq"] == 1

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 from server.app import COMPONENTS
-from server.transport.socketio.server import close_sockets
 from tests.conftest import Connect, StartServer
 from tests.helpers import eventually
 from tests.servers import ROOT, clean_env
@@ -80,7 +79,7 @@ async def test_the_terminal_client_streams_a_reply_and_exits_on_ctrl_c(
         await other.send("pty-room", "Two days")
         await terminal.shows("nurse: Two days")
         # The connection drops: it reconnects by itself and rejoins with lastSeq.
-        await close_sockets(server.app[COMPONENTS].sio)
+        await server.app[COMPONENTS].bridge.close_all()
         await terminal.shows("-- disconnected; reconnecting…")
         nurse = await connect(server.url, auth={"userId": "nurse"}, join="pty-room")
         await nurse.send("pty-room", "Sent while you were away")

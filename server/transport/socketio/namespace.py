@@ -12,14 +12,14 @@ from typing import Any
 
 import socketio
 
-from ...domain.connections import ConnectionService
+from ...domain.connections import CloseReason, ConnectionService
 from ...domain.events import ErrorAck
 from ...errors import AppError, InvalidPayload, Unauthorized
 from ..auth import token_from_handshake
 from ..net import Network, handshake_address
 from ..rooms import RoomHub
+from .bridge import SCOPE_KEY, EngineConnection
 from .members import SocketIOMember
-from .server import close_sockets
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +37,29 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._connections = connections
         self._hub = hub
         self._proxies = tuple(trusted_proxies)
+        self._engine: dict[str, EngineConnection] = {}  # Socket.IO sid -> its connection
 
     def connection_id(self, sid: str) -> str:
         return f"{sid}@{self._hub.instance_id}"
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        eio_sid = self.server.manager.eio_sid_from_sid(sid, NAMESPACE)
+        connection: EngineConnection = environ["asgi.scope"][SCOPE_KEY]
 
-        async def close() -> None:
-            # A transport close: socket.io-client reconnects after it, not after a Socket.IO
-            # "server disconnect".
-            await close_sockets(self.server, [eio_sid])
+        async def close(reason: CloseReason) -> None:
+            if reason.ends_session:
+                # A Socket.IO DISCONNECT (after the error event already in the outbox):
+                # socket.io-client reports "io server disconnect" and does not reconnect with
+                # a dead token. The transport follows, unless the client closes it first.
+                await connection.flushed()
+                await self.server.disconnect(sid, namespace=NAMESPACE)
+                connection.close_transport_later(1000, b"session ended")
+            else:
+                # A transport close: socket.io-client reconnects and catches up.
+                connection.close_transport(1001, reason.value.replace("_", " ").encode())
 
         cid = self.connection_id(sid)
-        self._hub.attach(SocketIOMember(cid, eio_sid, self.server.eio.sockets, NAMESPACE))
+        self._engine[sid] = connection
+        self._hub.attach(SocketIOMember(cid, connection, NAMESPACE))
         try:
             await self._connections.open(
                 token_from_handshake(environ, auth),
@@ -61,12 +70,14 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 address=handshake_address(environ, self._proxies),
             )
         except AppError as exc:
+            self._engine.pop(sid, None)
             await self._hub.detach(cid)
             # Two arguments: socket.io-client then sees err.message and err.data.code.
             raise socketio.exceptions.ConnectionRefusedError(exc.code, exc.to_wire()) from None
 
     async def on_disconnect(self, sid: str, reason: str | None = None) -> None:
         cid = self.connection_id(sid)
+        self._engine.pop(sid, None)
         await self._connections.close(cid)
         await self._hub.detach(cid)
 
@@ -74,11 +85,17 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         sid = args[0] if args else None
         if self._is_lifecycle(event, sid):
             return await super().trigger_event(event, *args)
-        session = self._connections.session(self.connection_id(str(sid)))
+        ack = await self._handle(event, str(sid), args[1:])
+        connection = self._engine.get(str(sid))
+        if connection is not None:
+            await connection.before_ack()
+        return ack
+
+    async def _handle(self, event: Any, sid: str, data: tuple[Any, ...]) -> Any:
+        session = self._connections.session(self.connection_id(sid))
         if session is None:
             error = Unauthorized("This connection has no session")
             return ErrorAck(error=error.to_wire()).to_wire()
-        data = args[1:]
         if len(data) > 1:
             invalid = InvalidPayload("expected one payload object")
             await session.fail(invalid)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import pytest
 import socketio
 
 from server.domain.events import CATALOGUE
@@ -321,3 +324,25 @@ async def limits_hold_across_instances(
     again = await eventually(try_connect, timeout=10)
     assert again.sio.connected
     await again.disconnect()
+
+
+JS = Path(__file__).resolve().parent / "js"
+
+
+async def run_node(script: str, *args: str, timeout: float = 30) -> dict[str, Any]:
+    """Run ``tests/js/<script>`` with the official socket.io-client; its last stdout line is
+    a JSON report."""
+    node = shutil.which("node")
+    if node is None or not (JS / "node_modules" / "socket.io-client").is_dir():
+        pytest.fail("node and tests/js/node_modules are needed: run scripts/test")
+    process = await asyncio.create_subprocess_exec(
+        node,
+        str(JS / script),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode == 0, (stdout, stderr)
+    result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+    return result

@@ -73,7 +73,7 @@ async def test_a_connection_past_the_bound_is_closed_once_and_holds_nothing() ->
     assert box.closed and box.pending_bytes == 0
     box.send("after")
     sink.drain(5)
-    await asyncio.sleep(0)
+    await box.flushed()  # nothing to drain: it was closed
     assert sink.written == []
 
 
@@ -116,7 +116,7 @@ async def test_a_hold_while_frames_wait_lets_those_frames_go_first() -> None:
     box.send("held")
     box.send_ahead("ack")
     sink.drain(10)
-    await asyncio.sleep(0.01)
+    await box.flushed()  # the drain stops at the held frames
     assert sink.written == ["queued before", "ack"]  # "held" waits for the release
     box.release()
     await box.flushed()
@@ -128,11 +128,11 @@ async def test_close_cancels_the_drain_and_drops_what_waits() -> None:
     box, overflows, _ = outbox(sink)
     box.send("a")
     box.send("b")
-    await asyncio.sleep(0)
     box.close()
     sink.drain(10)
-    await asyncio.sleep(0.01)
-    assert sink.written == [] and overflows == []
+    box.send("c")  # a closed outbox takes nothing more
+    await box.flushed()
+    assert sink.written == [] and overflows == [] and box.pending_bytes == 0
 
 
 def test_websocket_frames_carry_their_length_and_kind() -> None:

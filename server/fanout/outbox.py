@@ -50,11 +50,11 @@ class Outbox:
     __slots__ = (
         "_bytes",
         "_closed",
+        "_drainer",
         "_hold",
         "_limit",
         "_on_overflow",
         "_queue",
-        "_writer",
         "sink",
         "stats",
     )
@@ -72,7 +72,7 @@ class Outbox:
         self.stats = stats
         self._queue: deque[tuple[str | bytes, int]] = deque()
         self._bytes = 0
-        self._writer: asyncio.Task[None] | None = None
+        self._drainer: asyncio.Task[None] | None = None
         self._closed = False
         # While holding: how many queued frames may still go out before the held ones.
         self._hold: int | None = None
@@ -92,7 +92,7 @@ class Outbox:
             return
         if (
             self._hold is None
-            and self._writer is None
+            and self._drainer is None
             and not self._queue
             and self.sink.write_now(data, frame)
         ):
@@ -133,13 +133,13 @@ class Outbox:
         self._start()
 
     def _start(self) -> None:
-        if self._writer is None and self._queue and self._hold != 0:
-            self._writer = asyncio.get_running_loop().create_task(self._drain())
+        if self._drainer is None and self._queue and self._hold != 0:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
 
     async def flushed(self) -> None:
         """Wait until what is held has been given to the transport (bound it with a timeout:
         a stalled reader never takes it)."""
-        while (writer := self._writer) is not None and not self._closed:
+        while (writer := self._drainer) is not None and not self._closed:
             await asyncio.wait({writer})
 
     def close(self) -> None:
@@ -148,7 +148,7 @@ class Outbox:
         self._hold = None
         self._queue.clear()
         self._bytes = 0
-        writer, self._writer = self._writer, None
+        writer, self._drainer = self._drainer, None
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()
 
@@ -177,8 +177,8 @@ class Outbox:
             # The transport is gone: its close is under way and will detach the connection.
             self.close()
         finally:
-            if self._writer is asyncio.current_task():
-                self._writer = None
+            if self._drainer is asyncio.current_task():
+                self._drainer = None
 
 
 def websocket_frame(payload: bytes, *, binary: bool = False) -> bytes:

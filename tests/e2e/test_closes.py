@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
-import shutil
 import socket
 import struct
 import urllib.request
@@ -28,30 +26,12 @@ import pytest
 from server.app import COMPONENTS
 from tests.conftest import JWT_SECRET, StartServer, make_token
 from tests.e2e.test_raw_websocket import raw
-from tests.helpers import ChatClient, eventually
+from tests.helpers import ChatClient, eventually, run_node
 from tests.servers import AppProcess, MongoServer
-
-JS = Path(__file__).resolve().parent.parent / "js"
 
 
 async def node_closes(url: str, token: str, transports: str, watch_ms: int) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None or not (JS / "node_modules" / "socket.io-client").is_dir():
-        pytest.fail("node and tests/js/node_modules are needed: run scripts/test")
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(JS / "closes.mjs"),
-        url,
-        token,
-        transports,
-        str(watch_ms),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 40)
-    assert process.returncode == 0, (stdout, stderr)
-    result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
-    return result
+    return await run_node("closes.mjs", url, token, transports, str(watch_ms), timeout=40)
 
 
 @pytest.mark.parametrize("transports", ["websocket", "polling,websocket", "polling"])

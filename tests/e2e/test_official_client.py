@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from server.storage.mongo import MongoStore
 from tests.conftest import JWT_SECRET, StartServer
-
-JS = Path(__file__).resolve().parent.parent / "js"
+from tests.helpers import run_node
 
 
 async def run_snippet(url: str, *transport: str) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None or not (JS / "node_modules" / "socket.io-client").is_dir():
-        pytest.fail("node and tests/js/node_modules are needed: run scripts/test")
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(JS / "console_snippet.mjs"),
-        url,
-        *transport,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, (stdout, stderr)
-    result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
-    return result
+    return await run_node("console_snippet.mjs", url, *transport)
 
 
 @pytest.mark.parametrize("transport", [(), ("websocket",)], ids=["polling-upgrade", "websocket"])

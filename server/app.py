@@ -39,6 +39,7 @@ from .domain.presence import PresenceService
 from .domain.replies import ReplyCoordination, ReplyService, ReplySettings
 from .domain.session import Services
 from .errors import AppError
+from .fanout.outbox import OutboxStats
 from .observability.metrics import Live, PrometheusMetrics
 from .storage.memory import MemoryStore
 from .transport.auth import Authenticator
@@ -78,6 +79,7 @@ class Components:
     sio: socketio.AsyncServer
     bridge: EngineBridge
     raw: RawChatEndpoint
+    outbox_stats: OutboxStats
     replies: ReplyService
     consultations: ConsultationService
     connections: ConnectionService
@@ -180,11 +182,13 @@ def build(
     hub = RoomHub(_broker(settings), settings.instance_id or new_instance_id())
     rooms = hub
     sio = create_server(settings)
+    outbox_stats = OutboxStats()  # both transports' outboxes
     bridge = EngineBridge(
         sio,
         outbox_limit=settings.outbox_max_bytes,
         compression=settings.ws_compression,
         max_message_bytes=settings.max_http_buffer_size,
+        stats=outbox_stats,
     )
     replies = ReplyService(
         store,
@@ -274,7 +278,7 @@ def build(
         ),
         dev_auth=settings.dev_auth,
         trusted_proxies=proxies,
-        outbox_stats=bridge.stats,
+        outbox_stats=outbox_stats,
     )
     components = Components(
         settings,
@@ -286,6 +290,7 @@ def build(
         sio,
         bridge,
         raw,
+        outbox_stats,
         replies,
         consultations,
         connections,
@@ -558,7 +563,7 @@ def _live_figures(parts: Components) -> Live:
             ),
             "slow_consumer_disconnects": (
                 "Connections closed because frames waiting for them passed OUTBOX_MAX_BYTES",
-                lambda: parts.bridge.stats.slow_consumers,
+                lambda: parts.outbox_stats.slow_consumers,
             ),
             "fanout_gaps_filled": (
                 "Messages read from the store to fill a gap in a room's seq order",

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from server.fanout.outbox import Outbox, OutboxStats, websocket_frame
+from server.fanout.outbox import Outbox, OutboxStats
+from server.transport.sinks import websocket_frame
 
 
 class Socketish:

@@ -32,11 +32,11 @@ from server.errors import (
     Unauthorized,
     error_classes,
 )
-from server.fanout.outbox import websocket_frame as text_frame
 from server.transport import catalogue_docs
 from server.transport.auth import Authenticator
 from server.transport.net import client_address, parse_networks
 from server.transport.rooms import Frame
+from server.transport.sinks import websocket_frame as text_frame
 from tests.conftest import JWT_SECRET, ROOT
 
 # -- settings -------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
@@ -179,16 +178,3 @@ class Outbox:
         finally:
             if self._drainer is asyncio.current_task():
                 self._drainer = None
-
-
-def websocket_frame(payload: bytes, *, binary: bool = False) -> bytes:
-    """An unmasked, final WebSocket frame (RFC 6455 §5.2), as a server sends it."""
-    opcode = 0x82 if binary else 0x81
-    length = len(payload)
-    if length < 126:
-        header = struct.pack("!BB", opcode, length)
-    elif length < 65536:
-        header = struct.pack("!BBH", opcode, 126, length)
-    else:
-        header = struct.pack("!BBQ", opcode, 127, length)
-    return header + payload

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from ..broker import Broker
 from ..domain.events import AiChunk, ServerEvent
-from ..fanout.outbox import websocket_frame
+from .sinks import websocket_frame
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 
 from aiohttp import web
 
-from ..fanout.outbox import Outbox, websocket_frame
+from ..fanout.outbox import Outbox
 
 DEFAULT_HIGH_WATER = 64 * 1024  # asyncio's default for a socket transport
+
+
+def websocket_frame(payload: bytes, *, binary: bool = False) -> bytes:
+    """An unmasked, final WebSocket frame (RFC 6455 §5.2), as a server sends it."""
+    opcode = 0x82 if binary else 0x81
+    length = len(payload)
+    if length < 126:
+        header = struct.pack("!BB", opcode, length)
+    elif length < 65536:
+        header = struct.pack("!BBH", opcode, 126, length)
+    else:
+        header = struct.pack("!BBQ", opcode, 127, length)
+    return header + payload
 
 
 class WebSocketSink:

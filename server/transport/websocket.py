@@ -109,7 +109,7 @@ class RawMember:
                 await self._closing
 
     def _slow_consumer(self) -> None:
-        self.close_with(CLOSE_SLOW_CONSUMER, "slow consumer")
+        self.close_with(*CLOSES[CloseReason.SLOW_CONSUMER])
 
 
 class RawChatEndpoint:

@@ -71,15 +71,14 @@ class EngineSink:
         self._server = server
         self.connection = connection
         self.unsent = 0
-        self._served_event = asyncio.Event()
+        self._served_event: asyncio.Event | None = None  # made when something waits
 
     def write_now(self, data: str | bytes, frame: bytes | None) -> bool:
         return False  # send_packet is a coroutine: the outbox's drain task hands frames over
 
     async def write(self, data: str | bytes) -> None:
         while self.unsent > ENGINE_WINDOW:
-            self._served_event.clear()
-            await self._served_event.wait()
+            await self._next_served()
         sid = self.connection.sid
         if sid is None or self.connection.closed:
             raise ConnectionError("the connection is gone")
@@ -90,13 +89,19 @@ class EngineSink:
 
     def served(self, nbytes: int) -> None:
         self.unsent = max(0, self.unsent - nbytes)
-        self._served_event.set()
+        if self._served_event is not None:
+            self._served_event.set()
 
     async def written(self) -> None:
         """Wait until what was handed to Engine.IO has been written."""
         while self.unsent > 0:
-            self._served_event.clear()
-            await self._served_event.wait()
+            await self._next_served()
+
+    async def _next_served(self) -> None:
+        if self._served_event is None:
+            self._served_event = asyncio.Event()
+        self._served_event.clear()
+        await self._served_event.wait()
 
 
 class EngineConnection:
@@ -188,19 +193,18 @@ class EngineConnection:
         loop.call_later(SESSION_END_GRACE_SECONDS, self.close_transport, code, message)
 
     async def _close_transport(self, code: int, message: bytes) -> None:
+        if not self.outbox.closed:
+            # What was sent before the close leaves first (bounded: a stalled reader never
+            # takes it). Through Engine.IO, "written" is when its transport has written it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_GRACE_SECONDS / 2):
+                    await self.outbox.flushed()
+                    if not self.direct:
+                        await self.engine_sink.written()
         ws = self.ws
         if ws is not None and not ws.closed:
-            outbox = self.outbox if self.direct else None
-            if outbox is None and not self.outbox.closed:  # upgraded: through Engine.IO
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(CLOSE_GRACE_SECONDS):
-                        await self.outbox.flushed()
-                        await self.engine_sink.written()
-            await close_websocket(
-                ws, self.transport, code, message, grace=CLOSE_GRACE_SECONDS, outbox=outbox
-            )
-            return
-        if self.sid is not None:  # long-polling: the next poll answers a CLOSE packet
+            await close_websocket(ws, self.transport, code, message, grace=CLOSE_GRACE_SECONDS)
+        elif self.sid is not None:  # long-polling: the next poll answers a CLOSE packet
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_GRACE_SECONDS):
                     await self._bridge.server.eio.disconnect(self.sid)
@@ -225,12 +229,13 @@ class EngineBridge:
         outbox_limit: int,
         compression: bool,
         max_message_bytes: int,
+        stats: OutboxStats | None = None,
         path: str = "/socket.io/",
     ) -> None:
         self.server = server
         self.outbox_limit = outbox_limit
         self.compression = compression
-        self.stats = OutboxStats()
+        self.stats = stats
         self.protocol_errors = 0
         self._max_message_bytes = max_message_bytes
         self._path = path

@@ -23,6 +23,7 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 1024 * 1024  # as Centrifugo's client queue
+_EMPTY: deque[tuple[str | bytes, int]] = deque(maxlen=0)  # never appended to
 
 
 class Sink(Protocol):
@@ -69,7 +70,8 @@ class Outbox:
         self._limit = limit
         self._on_overflow = on_overflow
         self.stats = stats
-        self._queue: deque[tuple[str | bytes, int]] = deque()
+        # Shared while empty: an idle connection holds no queue of its own.
+        self._queue: deque[tuple[str | bytes, int]] = _EMPTY
         self._bytes = 0
         self._drainer: asyncio.Task[None] | None = None
         self._closed = False
@@ -124,6 +126,8 @@ class Outbox:
 
     def _enqueue(self, position: int, data: str | bytes, frame: bytes | None) -> None:
         size = len(frame) if frame is not None else len(data)
+        if self._queue is _EMPTY:
+            self._queue = deque()
         self._queue.insert(position, (data, size))
         self._bytes += size
         if self._bytes > self._limit:
@@ -145,7 +149,7 @@ class Outbox:
         """Drop what is held and take nothing more (the connection is going away)."""
         self._closed = True
         self._hold = None
-        self._queue.clear()
+        self._queue = _EMPTY
         self._bytes = 0
         writer, self._drainer = self._drainer, None
         if writer is not None and writer is not asyncio.current_task():
@@ -170,6 +174,8 @@ class Outbox:
                 self._bytes -= size
                 if self._hold is not None:
                     self._hold -= 1
+            if not self._queue:
+                self._queue = _EMPTY
         except asyncio.CancelledError:
             raise
         except Exception:

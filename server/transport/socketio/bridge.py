@@ -107,6 +107,22 @@ class EngineSink:
 class EngineConnection:
     """One Engine.IO connection as the bridge sees it, whatever its transport."""
 
+    __slots__ = (
+        "__weakref__",
+        "_awaited_ack",
+        "_bridge",
+        "_closing",
+        "ack_prefix",
+        "attachments_expected",
+        "closed",
+        "direct",
+        "engine_sink",
+        "outbox",
+        "sid",
+        "transport",
+        "ws",
+    )
+
     def __init__(self, bridge: EngineBridge) -> None:
         self._bridge = bridge
         self.sid: str | None = None
@@ -387,7 +403,8 @@ class EngineBridge:
             "path": request.path,
             "raw_path": request.raw_path.encode(),
             "query_string": request.query_string.encode(),
-            "headers": [(name.lower(), value) for name, value in request.raw_headers],
+            # aiohttp's own tuple, not a copy: Engine.IO upper-cases the names it reads.
+            "headers": request.raw_headers,
             "client": (peer, 0) if peer else None,
             SCOPE_KEY: connection,
         }

@@ -31,7 +31,7 @@ from .config import ConfigError, Settings
 from .coordination import Coordination, in_memory, on_redis
 from .coordination.redis_support import RedisHandle
 from .domain.connections import ConnectionService
-from .domain.consultations import ConsultationService, Limits
+from .domain.consultations import ConsultationService, Limits, StoredHistory
 from .domain.handoff import HandoffService, HandoffSettings
 from .domain.policies import Admission, ConnectionPolicy, Moderation, RateLimiter, RatePolicy
 from .domain.ports import Assistant, Metrics, Store
@@ -39,6 +39,7 @@ from .domain.presence import PresenceService
 from .domain.replies import ReplyCoordination, ReplyService, ReplySettings
 from .domain.session import Services
 from .errors import AppError
+from .fanout.hub import RoomHub
 from .fanout.outbox import OutboxStats
 from .observability.metrics import Live, PrometheusMetrics
 from .storage.memory import MemoryStore
@@ -46,7 +47,6 @@ from .transport.auth import Authenticator
 from .transport.net import parse_networks
 from .transport.pages import ClientScript, Pages
 from .transport.rest import Routes, cors_middleware
-from .transport.rooms import RoomHub
 from .transport.socketio.bridge import EngineBridge
 from .transport.socketio.namespace import ChatNamespace
 from .transport.socketio.server import create_server
@@ -179,7 +179,11 @@ def build(
     assistant = assistant or _assistant(settings, metrics)
     redis = _redis(settings)
     coordination = on_redis(redis) if redis is not None else in_memory()
-    hub = RoomHub(_broker(settings), settings.instance_id or new_instance_id())
+    hub = RoomHub(
+        _broker(settings),
+        settings.instance_id or new_instance_id(),
+        history=StoredHistory(store),
+    )
     rooms = hub
     sio = create_server(settings)
     outbox_stats = OutboxStats()  # both transports' outboxes
@@ -235,7 +239,6 @@ def build(
             max_per_user=settings.max_connections_per_user,
         ),
     )
-    hub.set_gap_filler(consultations.missed)
     auth = authenticator(settings)
     connections = ConnectionService(auth, admission, rooms)
     handoff = HandoffService(

@@ -1,7 +1,8 @@
 """The room hub, with two instances on a memory bus: routing, per-room seq order, gap filling.
 
 Members here record frames (the transports' members are tested end to end); the store is a
-dict of the events a consultation has stored, which the gap filler reads as the real one does.
+dict of the events a consultation has stored, which the hub's history port reads as the real
+one (``StoredHistory``) does.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from server.broker.memory import MemoryBroker, MemoryBus
 from server.domain.events import AiChunk, ServerEvent, UserMessage
 from server.domain.models import Author, ConsultationKey, Message
-from server.transport.rooms import Frame, RoomHub
+from server.fanout.frames import Frame
+from server.fanout.hub import RoomHub
 from tests.helpers import eventually
 
 KEY = ConsultationKey("t", "c")
@@ -42,7 +44,7 @@ class Store:
     events: dict[int, ServerEvent] = field(default_factory=dict)
     reads: int = 0
 
-    async def after(self, room: str, after_seq: int) -> list[ServerEvent]:
+    async def missed(self, room: str, after_seq: int) -> list[ServerEvent]:
         self.reads += 1
         return [self.events[seq] for seq in sorted(self.events) if seq > after_seq]
 
@@ -62,7 +64,7 @@ async def instances(store: Store, hold: float = 0.05) -> tuple[RoomHub, RoomHub]
     bus = MemoryBus()
     hubs = []
     for name in ("a", "b"):
-        hub = RoomHub(MemoryBroker(bus), name, gap_filler=store.after, hold_seconds=hold)
+        hub = RoomHub(MemoryBroker(bus), name, history=store, hold_seconds=hold)
         await hub.start()
         hubs.append(hub)
     return hubs[0], hubs[1]
@@ -88,20 +90,20 @@ async def test_an_instance_without_members_receives_nothing_of_the_room() -> Non
     a, b = await instances(Store())
     await member_of(a, "only-on-a")
     await member_of(b, "elsewhere", room="another-room")
-    received = b._broker.stats.messages_received
+    received = b.broker.stats.messages_received
     await a.to_room(ROOM, message(1))
     await a.to_room("another-room", chunk(0))  # a marker b does receive
-    await eventually(lambda: b._broker.stats.messages_received == received + 1)
+    await eventually(lambda: b.broker.stats.messages_received == received + 1)
     assert ROOM not in b.rooms()
 
 
 async def test_leaving_the_last_member_unsubscribes_and_joining_again_resubscribes() -> None:
     a, b = await instances(Store())
     first = await member_of(b, "first")
-    channel = b._broker.room_channel(ROOM)
-    assert channel in b._broker.subscriptions()
+    channel = b.broker.room_channel(ROOM)
+    assert channel in b.broker.subscriptions()
     await b.leave(first.id, ROOM)
-    assert channel not in b._broker.subscriptions()
+    assert channel not in b.broker.subscriptions()
     again = await member_of(b, "again")
     await a.to_room(ROOM, message(1))
     await eventually(lambda: again.seqs() == [1])
@@ -208,7 +210,7 @@ async def test_a_first_join_holds_what_arrives_until_its_history_says_where_the_
         store.events[seq] = message(seq)
     await a.to_room(ROOM, message(2))
     await a.to_room(ROOM, message(1))
-    await eventually(lambda: len(b._rooms[ROOM].held) == 2)
+    await eventually(lambda: len(b._rooms[ROOM].order.held) == 2)
     assert joiner.frames == []
     b.sync(ROOM, 0)  # its history was read before either was stored
     await eventually(lambda: joiner.seqs() == [1, 2])
@@ -221,7 +223,7 @@ async def test_what_the_joiners_history_had_is_not_delivered_again() -> None:
     await b.join(joiner.id, ROOM, ordered=True)
     await a.to_room(ROOM, message(1))
     await a.to_room(ROOM, message(2))
-    await eventually(lambda: len(b._rooms[ROOM].held) == 2)
+    await eventually(lambda: len(b._rooms[ROOM].order.held) == 2)
     b.sync(ROOM, 1)  # its history already held 1
     await eventually(lambda: joiner.seqs() == [2])
     await a.to_room(ROOM, message(3))
@@ -229,7 +231,7 @@ async def test_what_the_joiners_history_had_is_not_delivered_again() -> None:
 
 
 async def test_a_join_that_never_syncs_releases_the_room(monkeypatch: object) -> None:
-    from server.transport import rooms
+    from server.fanout import hub as rooms
 
     setattr(rooms, "SYNC_WAIT_SECONDS", 0.1)  # noqa: B010 (module constant, test scope)
     try:

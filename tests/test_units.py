@@ -32,11 +32,13 @@ from server.errors import (
     Unauthorized,
     error_classes,
 )
+from server.fanout.frames import Frame
 from server.transport import catalogue_docs
 from server.transport.auth import Authenticator
 from server.transport.net import client_address, parse_networks
-from server.transport.rooms import Frame
 from server.transport.sinks import websocket_frame as text_frame
+from server.transport.socketio.codec import SocketIOCodec
+from server.transport.websocket import raw_encoding
 from tests.conftest import JWT_SECRET, ROOT
 
 # -- settings -------------------------------------------------------------------------------------
@@ -367,10 +369,12 @@ def test_a_frame_encodes_as_python_socketio_and_as_plain_json(data: dict[str, ob
     server = socketio.AsyncServer()
     stock = server.packet_class(sio_packet.EVENT, namespace="/chat", data=["ev", data]).encode()
     frame = Frame("ev", json.dumps(data, separators=(",", ":")))
-    assert frame.socketio_text("/chat") == stock
-    assert json.loads(frame.raw_text()) == {"event": "ev", "data": data}
-    ws = frame.raw_ws()
-    assert ws[0] == 0x81 and ws.endswith(frame.raw_text().encode())
+    text, wire = SocketIOCodec("/chat").encode(frame)
+    assert text == "4" + stock
+    assert wire[0] == 0x81 and wire.endswith(text.encode())
+    raw_text, ws = raw_encoding(frame)
+    assert json.loads(raw_text) == {"event": "ev", "data": data}
+    assert ws[0] == 0x81 and ws.endswith(raw_text.encode())
 
 
 @pytest.mark.parametrize("size", [10, 200, 70_000])

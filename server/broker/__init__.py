@@ -5,7 +5,7 @@ implementations, with one contract suite (``tests/contract/test_broker_contract.
 A broker moves opaque payloads between instances on named channels. An instance subscribes to
 a room's channel only while it has members in that room, and to its own instance channel (for
 messages to one of its connections) for as long as it runs. What a payload means is the room
-hub's business (``transport/rooms.py``).
+hub's business (``fanout/hub.py``).
 """
 
 from __future__ import annotations

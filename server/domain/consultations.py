@@ -106,15 +106,6 @@ class ConsultationService:
         newest = await self._store.recent(key, 1)
         return newest[-1].seq if newest else 0
 
-    async def missed(self, room: str, after_seq: int) -> list[ServerEvent]:
-        """The stored messages of a consultation's room after ``after_seq``, as the events that
-        broadcast them (for the room hub, when some never arrived)."""
-        key = ConsultationKey.from_room(room)
-        if key is None:
-            return []
-        messages = await self._store.after(key, after_seq, self.limits.max_history_page_size)
-        return [message_event(m) for m in messages]
-
     async def leave(self, connection_id: str, key: ConsultationKey) -> None:
         await self._rooms.leave(connection_id, key.room)
 
@@ -214,3 +205,19 @@ class ConsultationService:
                 f"content is longer than {self.limits.max_message_chars} characters",
                 field="content",
             )
+
+
+class StoredHistory:
+    """A consultation room's stored messages, as the events that broadcast them: what the
+    room hub reads when some never arrived (its ``History`` port)."""
+
+    def __init__(self, store: Store, page_size: int = Limits.max_history_page_size) -> None:
+        self._store = store
+        self._page_size = page_size
+
+    async def missed(self, room: str, after_seq: int) -> list[ServerEvent]:
+        key = ConsultationKey.from_room(room)
+        if key is None:
+            return []
+        messages = await self._store.after(key, after_seq, self._page_size)
+        return [message_event(m) for m in messages]

@@ -1,2 +1,4 @@
-"""Delivery to this instance's connections: the per-connection outbox (and, in time, the room
-hub and its ordering state machine, now in ``transport/rooms.py``)."""
+"""Delivery to this instance's connections, whatever their transport: the room hub
+(membership, delivery, per-room channels), the per-room ordering state machine, the frames it
+hands to members, and one bounded outbox per connection. Wire encodings are the transports'
+(codecs); the message history it fills gaps from is a port given at construction."""

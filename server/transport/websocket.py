@@ -28,11 +28,12 @@ from ..domain.connections import CloseReason, ConnectionService
 from ..domain.models import Identity, iso, utcnow
 from ..domain.session import ChatSession
 from ..errors import AppError, InvalidPayload, TooManyConnections, Unauthorized
+from ..fanout.frames import Frame
+from ..fanout.hub import RoomHub
 from ..fanout.outbox import DEFAULT_MAX_BYTES, Outbox, OutboxStats
 from .auth import bearer_token
 from .net import Network, client_address
-from .rooms import Frame, RoomHub
-from .sinks import WebSocketSink, close_websocket
+from .sinks import WebSocketSink, close_websocket, websocket_frame
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,15 @@ CLOSES: dict[CloseReason, tuple[int, str]] = {
     CloseReason.SLOW_CONSUMER: (CLOSE_SLOW_CONSUMER, "slow consumer"),
     CloseReason.DRAINING: (WSCloseCode.GOING_AWAY, "server shutting down"),
 }
+
+
+def raw_encoding(frame: Frame) -> tuple[str, bytes]:
+    """``{"event": name, "data": payload}`` and its WebSocket frame, made once per frame."""
+    encoded: tuple[str, bytes] | None = frame.encoded.get(raw_encoding)
+    if encoded is None:
+        text = f'{{"event":"{frame.event}","data":{frame.data_json}}}'
+        encoded = frame.encoded[raw_encoding] = (text, websocket_frame(text.encode()))
+    return encoded
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ class RawMember:
     def deliver(self, frame: Frame) -> None:
         if frame.event == "aiChunk" and not self.wants_chunks:
             return
-        self.outbox.send(frame.raw_text(), frame.raw_ws())
+        self.outbox.send(*raw_encoding(frame))
 
     def send(self, event: str, data: Any) -> None:
         self.deliver(Frame(event, json.dumps(data, separators=(",", ":"))))

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from ..rooms import Frame
+from ...fanout.frames import Frame
 from .bridge import EngineConnection
+from .codec import SocketIOCodec
 
 
 class SocketIOMember:
-    __slots__ = ("_connection", "_namespace", "id")
+    __slots__ = ("_codec", "_connection", "id")
 
-    def __init__(self, connection_id: str, connection: EngineConnection, namespace: str) -> None:
+    def __init__(
+        self, connection_id: str, connection: EngineConnection, codec: SocketIOCodec
+    ) -> None:
         self.id = connection_id
         self._connection = connection
-        self._namespace = namespace
+        self._codec = codec
 
     def deliver(self, frame: Frame) -> None:
-        namespace = self._namespace
-        self._connection.send(frame.engineio_text(namespace), frame.socketio_ws(namespace))
+        text, wire = self._codec.encode(frame)
+        self._connection.send(text, wire)

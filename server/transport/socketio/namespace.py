@@ -15,10 +15,11 @@ import socketio
 from ...domain.connections import CloseReason, ConnectionService
 from ...domain.events import ErrorAck
 from ...errors import AppError, InvalidPayload, Unauthorized
+from ...fanout.hub import RoomHub
 from ..auth import token_from_handshake
 from ..net import Network, handshake_address
-from ..rooms import RoomHub
 from .bridge import SCOPE_KEY, EngineConnection
+from .codec import SocketIOCodec
 from .members import SocketIOMember
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         self._hub = hub
         self._proxies = tuple(trusted_proxies)
         self._engine: dict[str, EngineConnection] = {}  # Socket.IO sid -> its connection
+        self._codec = SocketIOCodec(NAMESPACE)
 
     def connection_id(self, sid: str) -> str:
         return f"{sid}@{self._hub.instance_id}"
@@ -59,7 +61,7 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
         cid = self.connection_id(sid)
         self._engine[sid] = connection
-        self._hub.attach(SocketIOMember(cid, connection, NAMESPACE))
+        self._hub.attach(SocketIOMember(cid, connection, self._codec))
         try:
             await self._connections.open(
                 token_from_handshake(environ, auth),

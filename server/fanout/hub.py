@@ -1,0 +1,364 @@
+"""The room hub: the Rooms port for every transport, on every instance.
+
+- **Members** are this instance's connections, whatever their transport (a Socket.IO socket,
+  a plain WebSocket); each says how a :class:`~.frames.Frame` reaches it (its transport's
+  codec encodes a frame once, for every recipient of that transport).
+- **Broadcasting** delivers to local members at once and, when there are other instances,
+  publishes on the room's broker channel. An instance subscribes to a room's channel when its
+  first local member joins (confirmed before the join returns) and unsubscribes when the last
+  one leaves: it never receives the traffic of rooms it has no member in.
+- **No silent gaps.** Per room, a :class:`~.ordering.RoomOrder` decides what goes out, in
+  ``seq`` order and once each. A message held ahead of a missing one waits ``hold_seconds``
+  for it; then the missing ones are read from the message history (a port, given at
+  construction). After the broker reconnects (Redis was down: whatever was published
+  meanwhile never arrived), every room is checked against the store. Clients connected
+  through an outage thus end up with every message, in order, without reconnecting.
+- **Joiners** of an ordered room each get their own hold: what arrives while their join reads
+  history waits for it, so nothing is sent both live and in the join's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..broker import Broker
+from ..domain.events import AiChunk, ServerEvent
+from .frames import Frame
+from .ordering import Arrival, RoomOrder
+
+log = logging.getLogger(__name__)
+
+HOLD_SECONDS = 0.5  # how long a message waits for a missing one before the store is asked
+SYNC_WAIT_SECONDS = 5.0  # a first join that never syncs (it failed) releases the room
+FILL_ATTEMPTS = 8
+
+
+class Member(Protocol):
+    """A local connection, as the hub sees it."""
+
+    @property
+    def id(self) -> str: ...
+
+    def deliver(self, frame: Frame) -> None:
+        """Send without blocking, after whatever this connection was sent before."""
+        ...
+
+
+class History(Protocol):
+    """The stored messages of a room, for filling gaps."""
+
+    async def missed(self, room: str, after_seq: int) -> list[ServerEvent]:
+        """The room's stored messages after ``after_seq``, as the events that broadcast them."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    frame: Frame
+    skip: str | None  # the connection that must not receive it (its sender)
+
+
+@dataclass
+class _Room:
+    order: RoomOrder[_Delivery]
+    members: dict[str, Member] = field(default_factory=dict)
+    subscribed: asyncio.Future[None] | None = None
+    timer: asyncio.TimerHandle | None = None
+    filling: bool = False
+    floors: dict[str, int] = field(default_factory=dict)  # member -> seq its join returned
+    waiting: dict[str, list[Arrival[_Delivery]]] = field(default_factory=dict)  # not synced
+
+
+class RoomHub:
+    def __init__(
+        self,
+        broker: Broker,
+        instance_id: str,
+        *,
+        history: History | None = None,
+        hold_seconds: float = HOLD_SECONDS,
+    ) -> None:
+        self.broker = broker
+        self.instance_id = instance_id
+        self._history = history
+        self._hold = hold_seconds
+        self._members: dict[str, Member] = {}
+        self._memberships: dict[str, set[str]] = {}  # connection id -> rooms
+        self._rooms: dict[str, _Room] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.gaps_filled = 0  # messages read from the store because they never arrived
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.broker.start(self.instance_id, self._receive, self.resync)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for room in self._rooms.values():
+            if room.timer is not None:
+                room.timer.cancel()
+        await self.broker.stop()
+
+    def state(self) -> str:
+        return self.broker.state()
+
+    # -- membership -----------------------------------------------------------------------------
+
+    def attach(self, member: Member) -> None:
+        self._members[member.id] = member
+        self._memberships.setdefault(member.id, set())
+
+    async def detach(self, connection_id: str) -> None:
+        await self.leave_all(connection_id)
+        self._members.pop(connection_id, None)
+        self._memberships.pop(connection_id, None)
+
+    def connection_ids(self) -> list[str]:
+        return list(self._members)
+
+    async def join(self, connection_id: str, room: str, *, ordered: bool = False) -> bool:
+        """Add a member; True when it was not in the room. An ``ordered`` room (stored
+        messages with a seq) holds what arrives until ``sync`` says where the store is."""
+        member = self._members.get(connection_id)
+        if member is None:
+            return False  # gone while its join was on the way
+        state = self._rooms.get(room)
+        if state is None:
+            state = self._rooms[room] = _Room(RoomOrder(syncing=ordered))
+            if ordered:
+                # A join that never syncs (it failed) must not hold the room for long.
+                loop = asyncio.get_running_loop()
+                state.timer = loop.call_later(SYNC_WAIT_SECONDS, self._end_sync, room, state, None)
+            if self.broker.distributed:
+                state.subscribed = asyncio.ensure_future(
+                    self.broker.subscribe(self.broker.room_channel(room))
+                )
+        elif ordered:
+            # Joining a room already here: its deliveries wait for its join's history read,
+            # so none is sent twice (live and in the join's answer).
+            state.waiting[connection_id] = []
+            loop = asyncio.get_running_loop()
+            loop.call_later(SYNC_WAIT_SECONDS, self._release, state, connection_id, None)
+        added = connection_id not in state.members
+        state.members[connection_id] = member
+        self._memberships.setdefault(connection_id, set()).add(room)
+        if state.subscribed is not None:
+            # Every later broadcast to the room reaches this member once this returns.
+            await asyncio.shield(state.subscribed)
+        return added
+
+    async def leave(self, connection_id: str, room: str) -> None:
+        rooms = self._memberships.get(connection_id)
+        if rooms is not None:
+            rooms.discard(room)
+        state = self._rooms.get(room)
+        if state is None or state.members.pop(connection_id, None) is None:
+            return
+        state.floors.pop(connection_id, None)
+        state.waiting.pop(connection_id, None)
+        if not state.members:
+            del self._rooms[room]
+            if state.timer is not None:
+                state.timer.cancel()
+            if self.broker.distributed:
+                with contextlib.suppress(Exception):
+                    await self.broker.unsubscribe(self.broker.room_channel(room))
+
+    async def leave_all(self, connection_id: str) -> None:
+        for room in list(self._memberships.get(connection_id, ())):
+            await self.leave(connection_id, room)
+
+    def members(self, room: str) -> list[str]:
+        state = self._rooms.get(room)
+        return list(state.members) if state else []
+
+    def rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    # -- delivery -------------------------------------------------------------------------------
+
+    async def to_room(self, room: str, event: ServerEvent, *, skip: str | None = None) -> None:
+        frame = Frame.of(event)
+        seq = _seq_of(event)
+        chunk = _chunk_of(event)
+        state = self._rooms.get(room)
+        if state is not None:
+            self._arrive(room, state, Arrival(_Delivery(frame, skip), seq, chunk))
+        if self.broker.distributed:
+            header = [self.instance_id, "r", room, frame.event, skip, seq, chunk]
+            self.broker.publish(self.broker.room_channel(room), _envelope(header, frame))
+
+    async def to_connection(self, connection_id: str, event: ServerEvent) -> None:
+        member = self._members.get(connection_id)
+        if member is not None:
+            member.deliver(Frame.of(event))
+            return
+        instance = connection_id.rpartition("@")[2]
+        if self.broker.distributed and instance and instance != self.instance_id:
+            frame = Frame.of(event)
+            header = [self.instance_id, "c", connection_id, frame.event, None, None, None]
+            self.broker.publish(self.broker.instance_channel(instance), _envelope(header, frame))
+
+    def sync(self, room: str, head_seq: int, connection_id: str | None = None) -> None:
+        """The store holds the room's messages up to ``head_seq`` (read by a join, after the
+        subscription): count from there, or fetch what this instance's members lack. The
+        joining connection has them all from its join: none is delivered to it again."""
+        state = self._rooms.get(room)
+        if state is None:
+            return
+        if connection_id is not None and connection_id in state.members:
+            state.floors[connection_id] = head_seq
+            self._release(state, connection_id, head_seq)
+        if state.order.syncing:
+            self._end_sync(room, state, head_seq)
+        elif state.order.behind(head_seq) and not state.filling:
+            self._start_fill(room, state)
+
+    def _release(self, state: _Room, connection_id: str, head_seq: int | None) -> None:
+        """A joiner's history read is done (or took too long): what waited for it goes out,
+        but what its join returned."""
+        waited = state.waiting.pop(connection_id, None)
+        member = state.members.get(connection_id)
+        if waited is None or member is None:
+            return
+        for arrival in waited:
+            if arrival.seq is not None and head_seq is not None and arrival.seq <= head_seq:
+                continue
+            if connection_id != arrival.item.skip:
+                member.deliver(arrival.item.frame)
+
+    def _end_sync(self, room: str, state: _Room, head_seq: int | None) -> None:
+        """The first joiner's history reaches ``head_seq`` (None: the join failed)."""
+        if not state.order.syncing or self._rooms.get(room) is not state:
+            return
+        if state.timer is not None:
+            state.timer.cancel()
+            state.timer = None
+        self._deliver(state, state.order.synced(head_seq))
+        self._watch_gap(room, state)
+
+    def _receive(self, payload: bytes) -> None:
+        """A message from another instance (or our own, coming back: skipped)."""
+        try:
+            raw_header, _, data = payload.partition(b"\n")
+            origin, kind, target, event, skip, seq, chunk = json.loads(raw_header)
+            frame = Frame(str(event), data.decode())
+            position = (str(chunk[0]), int(chunk[1])) if chunk else None
+        except (ValueError, TypeError, UnicodeDecodeError):
+            log.warning("dropped an undecodable broker message (%d bytes)", len(payload))
+            return
+        if origin == self.instance_id:
+            return  # delivered locally when it was sent
+        if kind == "c":
+            member = self._members.get(str(target))
+            if member is not None:
+                member.deliver(frame)
+            return
+        state = self._rooms.get(str(target))
+        if state is not None:
+            self._arrive(str(target), state, Arrival(_Delivery(frame, skip), seq, position))
+
+    # -- ordering -------------------------------------------------------------------------------
+
+    def _arrive(self, room: str, state: _Room, arrival: Arrival[_Delivery]) -> None:
+        self._deliver(state, state.order.arrive(arrival))
+        self._watch_gap(room, state)
+
+    def _watch_gap(self, room: str, state: _Room) -> None:
+        """Held messages wait ``hold_seconds`` for the missing one, then the store is asked."""
+        if state.order.syncing:
+            return
+        if not state.order.gap:
+            if state.timer is not None and not state.order.held:
+                state.timer.cancel()
+                state.timer = None
+            return
+        if state.timer is None and not state.filling:
+            loop = asyncio.get_running_loop()
+            state.timer = loop.call_later(self._hold, self._start_fill, room, state)
+
+    def _deliver(self, state: _Room, arrivals: list[Arrival[_Delivery]]) -> None:
+        floors, waiting = state.floors, state.waiting
+        for arrival in arrivals:
+            delivery, seq = arrival.item, arrival.seq
+            for connection_id, member in list(state.members.items()):
+                if waiting and connection_id in waiting:
+                    waiting[connection_id].append(arrival)
+                    continue
+                if floors and seq is not None and seq <= floors.get(connection_id, 0):
+                    continue  # it has this one from its join
+                if connection_id != delivery.skip:
+                    try:
+                        member.deliver(delivery.frame)
+                    except Exception:
+                        log.exception("could not deliver %s to %s", delivery.frame.event, member.id)
+
+    def _start_fill(self, room: str, state: _Room) -> None:
+        state.timer = None
+        if state.filling or self._rooms.get(room) is not state:
+            return
+        state.filling = True
+        task = asyncio.ensure_future(self._fill_gap(room, state))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fill_gap(self, room: str, state: _Room) -> None:
+        try:
+            for attempt in range(FILL_ATTEMPTS):
+                if await self._fill_from_store(room, state):
+                    return
+                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+            # The store cannot say what is missing: deliver what was held rather than hold
+            # the room forever; rejoining with lastSeq still recovers the rest.
+            log.warning("gap in %s not filled from the store: delivering what was held", room)
+            self._deliver(state, state.order.give_up())
+        finally:
+            state.filling = False
+
+    async def _fill_from_store(self, room: str, state: _Room) -> bool:
+        """Deliver the stored messages this instance missed; True when no gap is left."""
+        last = state.order.last_seq
+        if self._history is None or last is None:
+            return True
+        try:
+            stored = await self._history.missed(room, last)
+        except Exception as exc:
+            log.warning("could not read %s's missed messages: %s", room, exc)
+            return False
+        arrivals = [Arrival(_Delivery(Frame.of(event), None), _seq_of(event)) for event in stored]
+        delivered, from_store = state.order.fill(arrivals)
+        self.gaps_filled += from_store
+        self._deliver(state, delivered)
+        return not state.order.gap
+
+    async def resync(self) -> None:
+        """Check every room with local members against the store (after a broker outage)."""
+        for room, state in list(self._rooms.items()):
+            if state.order.last_seq is not None and not state.filling:
+                state.filling = True
+                try:
+                    await self._fill_from_store(room, state)
+                finally:
+                    state.filling = False
+
+
+def _chunk_of(event: ServerEvent) -> tuple[str, int] | None:
+    if isinstance(event, AiChunk):
+        return (event.message_id, event.index)
+    return None
+
+
+def _seq_of(event: ServerEvent) -> int | None:
+    seq = getattr(event, "seq", None)
+    return seq if isinstance(seq, int) and seq > 0 else None
+
+
+def _envelope(header: list[Any], frame: Frame) -> bytes:
+    return json.dumps(header, separators=(",", ":")).encode() + b"\n" + frame.data_json.encode()

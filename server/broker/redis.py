@@ -126,10 +126,7 @@ class RedisBroker:
                 task.cancel()
         for shard in self._shards.values():
             await shard.stop()
-        for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await asyncio.gather(*(task for task in tasks if task is not None), return_exceptions=True)
         if self._cluster is not None:
             with contextlib.suppress(Exception):
                 await self._cluster.aclose()
@@ -320,6 +317,9 @@ class _Shard:
         self._send_lock = asyncio.Lock()
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._has_mail = asyncio.Event()
+        # Stopping is a flag the loops check, not only a cancellation: redis-py can swallow a
+        # cancellation that lands inside one of its calls, and the loop would go on forever.
+        self._stopping = False
         self._listener: asyncio.Task[None] | None = None
         self._publisher: asyncio.Task[None] | None = None
         self._ever_connected = False
@@ -336,13 +336,14 @@ class _Shard:
             self._publisher = asyncio.create_task(self._publish(), name=f"publish:{self.name}")
 
     async def stop(self) -> None:
-        for task in (self._listener, self._publisher):
-            if task is not None:
-                task.cancel()
-        for task in (self._listener, self._publisher):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        self._stopping = True
+        self._has_mail.set()
+        tasks = [task for task in (self._listener, self._publisher) if task is not None]
+        for task in tasks:
+            task.cancel()
+        # Their own ends (cancelled, or failed) are results here; a cancellation of the
+        # caller still reaches the caller.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- subscriptions --------------------------------------------------------------------------
 
@@ -395,7 +396,7 @@ class _Shard:
 
     async def _listen(self) -> None:
         backoff = 0.05
-        while True:
+        while not self._stopping:
             client = self.broker.client_for(self.host, self.port, listener=True)
             pubsub = client.pubsub(ignore_subscribe_messages=False)
             try:
@@ -499,8 +500,10 @@ class _Shard:
         client: Redis | None = None
         backoff = 0.05
         verb = "SPUBLISH" if self.broker.sharded else "PUBLISH"
-        while True:
+        while not self._stopping:
             await self._has_mail.wait()
+            if self._stopping:
+                break
             if not self._outbox:
                 self._has_mail.clear()
                 continue

@@ -34,7 +34,7 @@ from .domain.connections import ConnectionService
 from .domain.consultations import ConsultationService, Limits, StoredHistory
 from .domain.handoff import HandoffService, HandoffSettings
 from .domain.policies import Admission, ConnectionPolicy, Moderation, RateLimiter, RatePolicy
-from .domain.ports import Assistant, Metrics, Store
+from .domain.ports import Assistant, ReplyMetrics, Store
 from .domain.presence import PresenceService
 from .domain.replies import ReplyCoordination, ReplyService, ReplySettings
 from .domain.session import Services
@@ -185,7 +185,12 @@ def build(
         history=StoredHistory(store),
     )
     rooms = hub
-    sio = create_server(settings)
+    sio = create_server(
+        allowed_origins=settings.allowed_origins,
+        ping_interval=settings.ping_interval,
+        ping_timeout=settings.ping_timeout,
+        max_http_buffer_size=settings.max_http_buffer_size,
+    )
     outbox_stats = OutboxStats()  # both transports' outboxes
     bridge = EngineBridge(
         sio,
@@ -576,7 +581,7 @@ def _live_figures(parts: Components) -> Live:
     )
 
 
-def _assistant(settings: Settings, metrics: Metrics) -> Assistant:
+def _assistant(settings: Settings, metrics: ReplyMetrics) -> Assistant:
     if not settings.openai_api_key:
         return OfflineAssistant(settings.offline_word_delay_seconds)
     client = make_client(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
-from ..domain.ports import Assistant, Delta, Metrics, NoMetrics, ReplyRequest
+from ..domain.ports import Assistant, Delta, NoMetrics, ReplyMetrics, ReplyRequest
 from ..errors import AssistantUnavailable, ReplyInterrupted
 
 
@@ -14,7 +14,7 @@ class FallbackAssistant:
         chain: Sequence[Assistant],
         *,
         close: Callable[[], Awaitable[None]] | None = None,
-        metrics: Metrics | None = None,
+        metrics: ReplyMetrics | None = None,
     ) -> None:
         if not chain:
             raise ValueError("the fallback chain needs at least one assistant")

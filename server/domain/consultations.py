@@ -18,7 +18,7 @@ from .models import (
     utcnow,
 )
 from .policies import Moderation, RateLimiter
-from .ports import Metrics, NoMetrics, Partial, Rooms, Stats, Store
+from .ports import MessageMetrics, NoMetrics, Partial, Rooms, Stats, Store
 from .replies import ReplyService
 
 
@@ -53,7 +53,7 @@ class ConsultationService:
         rate_limiter: RateLimiter,
         moderation: Moderation | None = None,
         open_access: bool = False,
-        metrics: Metrics | None = None,
+        metrics: MessageMetrics | None = None,
     ) -> None:
         self._metrics = metrics or NoMetrics()
         self._open_access = open_access

@@ -60,7 +60,15 @@ from .models import (
     utcnow,
 )
 from .policies import user_name
-from .ports import ChatStore, ConnectionRegistry, Metrics, NoMetrics, OneOf, ReplyLocks, Rooms
+from .ports import (
+    ChatStore,
+    ConnectionRegistry,
+    HandoffMetrics,
+    NoMetrics,
+    OneOf,
+    ReplyLocks,
+    Rooms,
+)
 from .replies import ReplyService
 
 log = logging.getLogger(__name__)
@@ -86,7 +94,7 @@ class HandoffService:
         coordination: tuple[ConnectionRegistry, ReplyLocks],
         *,
         settings: HandoffSettings,
-        metrics: Metrics | None = None,
+        metrics: HandoffMetrics | None = None,
     ) -> None:
         self._metrics = metrics or NoMetrics()
         self._store = store

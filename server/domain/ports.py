@@ -385,14 +385,28 @@ class InstanceDirectory(Protocol):
 # -- observability -------------------------------------------------------------------------------
 
 
-class Metrics(Protocol):
-    """What the service counts (exported as Prometheus metrics by ``observability``)."""
+class EventMetrics(Protocol):
+    """What the connection policy and sessions count (exported by ``observability``)."""
 
     def event_handled(self, event: str, outcome: str) -> None:
         """A client event answered: ``ok`` or its error code."""
         ...
 
+    def rejected(self, reason: str) -> None:
+        """A message or connection refused by a policy (rate limit, moderation, limits)."""
+        ...
+
+
+class MessageMetrics(Protocol):
+    """What the consultations count."""
+
     def message_stored(self, role: str) -> None: ...
+
+    def rated(self, score: int) -> None: ...
+
+
+class ReplyMetrics(MessageMetrics, Protocol):
+    """What the assistant's replies count."""
 
     def reply_finished(
         self, model: str | None, status: str, first_token_seconds: float | None, seconds: float
@@ -406,9 +420,9 @@ class Metrics(Protocol):
         """A model failed before its first token and the next of the chain was asked."""
         ...
 
-    def rejected(self, reason: str) -> None:
-        """A message or connection refused by a policy (rate limit, moderation, limits)."""
-        ...
+
+class HandoffMetrics(MessageMetrics, Protocol):
+    """What the operator handoff counts."""
 
     def handoff(self, step: str) -> None:
         """requested, accepted, released, closed, timed_out, requeued."""
@@ -419,8 +433,6 @@ class Metrics(Protocol):
         ...
 
     def queue_length(self, tenant_id: str, length: int) -> None: ...
-
-    def rated(self, score: int) -> None: ...
 
 
 class NoMetrics:

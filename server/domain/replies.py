@@ -40,12 +40,12 @@ from .ports import (
     BufferWrite,
     ChatStore,
     Lock,
-    Metrics,
     NoMetrics,
     Partial,
     ReplyBuffer,
     ReplyDraft,
     ReplyLocks,
+    ReplyMetrics,
     ReplyQueue,
     ReplyRegistry,
     ReplyRequest,
@@ -167,7 +167,7 @@ class ReplyService:
         coordination: ReplyCoordination,
         settings: ReplySettings,
         *,
-        metrics: Metrics | None = None,
+        metrics: ReplyMetrics | None = None,
     ) -> None:
         self._metrics = metrics or NoMetrics()
         self._store = store

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import AppError, InternalError, NotJoined, UnknownEvent
 from .events import (
@@ -38,10 +38,9 @@ from .events import (
     TypingAck,
 )
 from .models import Consultation, Identity, iso, valid_user_id
-from .ports import Metrics, NoMetrics
+from .ports import EventMetrics, NoMetrics, Rooms
 
 if TYPE_CHECKING:
-    from .connections import ConnectionService
     from .consultations import ConsultationService, Joined
     from .handoff import HandoffService
     from .presence import PresenceService
@@ -52,6 +51,22 @@ log = logging.getLogger(__name__)
 REJECTIONS = frozenset({"rate_limited", "content_rejected"})
 
 
+class ConnectionControl(Protocol):
+    """What a session asks of the connection policy (``connections.ConnectionService``, which
+    builds sessions: this keeps the dependency one way)."""
+
+    @property
+    def rooms(self) -> Rooms: ...
+
+    async def refresh(self, session: ChatSession, token: str) -> Identity:
+        """Adopt a fresh token for the same user."""
+        ...
+
+    async def adopt(self, session: ChatSession, user_id: str) -> None:
+        """Dev auth: the guest's payload names its user."""
+        ...
+
+
 @dataclass(frozen=True)
 class Services:
     """What a session calls: one instance of each, shared by every connection."""
@@ -59,8 +74,8 @@ class Services:
     consultations: ConsultationService
     handoff: HandoffService
     presence: PresenceService
-    connections: ConnectionService
-    metrics: Metrics = field(default_factory=NoMetrics)
+    connections: ConnectionControl
+    metrics: EventMetrics = field(default_factory=NoMetrics)
     log_content: bool = False  # LOG_CONTENT: message text in the logs (never tokens)
 
 

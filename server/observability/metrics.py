@@ -1,7 +1,7 @@
-"""Prometheus metrics (``GET /metrics``): the domain's :class:`~server.domain.ports.Metrics`
-counted with prometheus-client, plus figures read live at scrape time (connections, replies in
-flight, fan-out counters). One registry per app, so several apps in one process (tests) never
-share counters."""
+"""Prometheus metrics (``GET /metrics``): the domain's metrics ports (``EventMetrics``,
+``MessageMetrics``, ``ReplyMetrics``, ``HandoffMetrics``) counted with prometheus-client, plus
+figures read live at scrape time (connections, replies in flight, fan-out counters). One
+registry per app, so several apps in one process (tests) never share counters."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class PrometheusMetrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    # -- the domain's Metrics port ---------------------------------------------------------------
+    # -- the domain's metrics ports --------------------------------------------------------------
 
     def event_handled(self, event: str, outcome: str) -> None:
         self._events.labels(event, outcome).inc()

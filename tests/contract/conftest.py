@@ -5,10 +5,13 @@ wrappers must then behave exactly like memory)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from server.broker import Broker
+from server.broker.memory import MemoryBroker, MemoryBus
+from server.broker.redis import RedisBroker
 from server.coordination import Coordination, in_memory, on_redis
 from server.coordination.buffer import RedisReplyBuffer
 from server.coordination.inflight import RedisReplyRegistry
@@ -61,3 +64,33 @@ async def coordination(request: pytest.FixtureRequest) -> AsyncIterator[Coordina
 @pytest.fixture
 def name() -> str:
     return f"c:{uuid.uuid4().hex}"
+
+
+# -- brokers: two instances on one backend (the broker and rooms contracts) -----------------------
+
+Make = Callable[[], Broker]
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
+    made: list[Broker] = []
+    if request.param == "memory":
+        bus = MemoryBus()
+
+        def make() -> Broker:
+            made.append(MemoryBroker(bus))
+            return made[-1]
+
+    else:
+        sharded = request.param == "redis-cluster"
+        fixture = "redis_cluster" if sharded else "redis_server"
+        url = request.getfixturevalue(fixture).url
+        prefix = f"test-{uuid.uuid4().hex[:8]}"
+
+        def make() -> Broker:
+            made.append(RedisBroker(url, prefix=prefix, cluster=sharded, ping_interval_seconds=0.5))
+            return made[-1]
+
+    yield make
+    for broker in made:
+        await broker.stop()

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-import pytest
-
 from server.broker import Broker
-from server.broker.memory import MemoryBroker, MemoryBus
 from server.broker.redis import RedisBroker
+from tests.contract.conftest import Make
 from tests.helpers import eventually
 from tests.servers import RedisServer
 
@@ -41,34 +38,6 @@ class Instance:
 
     async def wait_for(self, payload: bytes, timeout: float = 5) -> None:
         await eventually(lambda: payload in self.received, timeout=timeout, interval=0.01)
-
-
-Make = Callable[[], Broker]
-
-
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
-async def make_broker(request: pytest.FixtureRequest) -> AsyncIterator[Make]:
-    made: list[Broker] = []
-    if request.param == "memory":
-        bus = MemoryBus()
-
-        def make() -> Broker:
-            made.append(MemoryBroker(bus))
-            return made[-1]
-
-    else:
-        sharded = request.param == "redis-cluster"
-        fixture = "redis_cluster" if sharded else "redis_server"
-        url = request.getfixturevalue(fixture).url
-        prefix = f"test-{uuid.uuid4().hex[:8]}"
-
-        def make() -> Broker:
-            made.append(RedisBroker(url, prefix=prefix, cluster=sharded, ping_interval_seconds=0.5))
-            return made[-1]
-
-    yield make
-    for broker in made:
-        await broker.stop()
 
 
 async def pair(make: Make) -> tuple[Instance, Instance]:

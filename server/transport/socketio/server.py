@@ -13,8 +13,6 @@ from typing import Any
 
 import socketio
 
-from ...config import Settings
-
 log = logging.getLogger(__name__)
 
 
@@ -42,17 +40,23 @@ class ClientErrorLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return None
 
 
-def create_server(settings: Settings) -> socketio.AsyncServer:
+def create_server(
+    *,
+    allowed_origins: list[str] | str | None,
+    ping_interval: float,
+    ping_timeout: float,
+    max_http_buffer_size: int,
+) -> socketio.AsyncServer:
     return socketio.AsyncServer(
         async_mode="asgi",
-        cors_allowed_origins=settings.allowed_origins,
+        cors_allowed_origins=allowed_origins,
         # Events of one socket run in the order they were sent (a send emitted right after a
         # join must find the join done); AI replies run as their own tasks, so nothing slow
         # holds a socket.
         async_handlers=False,
-        ping_interval=settings.ping_interval,
-        ping_timeout=settings.ping_timeout,
-        max_http_buffer_size=settings.max_http_buffer_size,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        max_http_buffer_size=max_http_buffer_size,
         logger=ClientErrorLogger(logging.getLogger("socketio.server")),
         engineio_logger=ClientErrorLogger(logging.getLogger("engineio.server")),
     )

@@ -43,7 +43,8 @@ from .fanout.hub import RoomHub
 from .fanout.outbox import OutboxStats
 from .observability.metrics import Live, PrometheusMetrics
 from .storage.memory import MemoryStore
-from .transport.auth import Authenticator
+from .transport.auth import Authenticator, JwksKeys, KeySource, PublicKeys, SharedSecret
+from .transport.metrics import MetricsEndpoint
 from .transport.net import parse_networks
 from .transport.pages import ClientScript, Pages
 from .transport.rest import Routes, cors_middleware
@@ -85,6 +86,7 @@ class Components:
     connections: ConnectionService
     handoff: HandoffService
     metrics: PrometheusMetrics
+    metrics_endpoint: MetricsEndpoint
     resources: list[Resource] = field(default_factory=list)
     probes: dict[str, Probe] = field(default_factory=dict)
 
@@ -163,12 +165,38 @@ FIGURES = (
 
 
 def authenticator(settings: Settings) -> Authenticator:
+    """The token verifier for the configured key (ConfigError if it cannot be used)."""
     return Authenticator(
-        secret=settings.jwt_secret,
-        algorithms=settings.jwt_algorithms,
+        _key_source(settings),
+        algorithms=settings.auth_algorithms,
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
     )
+
+
+def _key_source(settings: Settings) -> KeySource | None:
+    if settings.jwt_secret:
+        return SharedSecret(settings.jwt_secret)
+    if settings.jwt_jwks_url:
+        return JwksKeys(
+            settings.jwt_jwks_url,
+            cache_seconds=settings.jwt_jwks_cache_seconds,
+            cooldown_seconds=settings.jwt_jwks_refresh_cooldown_seconds,
+        )
+    if settings.jwt_public_key:
+        try:
+            return PublicKeys.from_pem(_pem(settings.jwt_public_key), settings.auth_algorithms)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"JWT_PUBLIC_KEY: {exc}") from exc
+    return None
+
+
+def _pem(value: str) -> str:
+    """JWT_PUBLIC_KEY is the PEM itself (an env file may write its newlines as \\n) or a path."""
+    if value.startswith("-----BEGIN"):
+        return value.replace("\\n", "\n")
+    with open(value, encoding="ascii") as pem:
+        return pem.read()
 
 
 def build(
@@ -285,6 +313,7 @@ def build(
             outbox_max_bytes=settings.outbox_max_bytes,
         ),
         dev_auth=settings.dev_auth,
+        allowed_origins=settings.allowed_origins,
         trusted_proxies=proxies,
         outbox_stats=outbox_stats,
     )
@@ -304,8 +333,21 @@ def build(
         connections,
         handoff,
         metrics,
+        MetricsEndpoint(
+            metrics.exposition,
+            token=settings.metrics_token,
+            public_without_token=settings.dev_auth,
+        ),
     )
     metrics.watch(_live_figures(components))
+    if settings.metrics_port is not None:
+        port = settings.metrics_port
+        endpoint = components.metrics_endpoint
+
+        async def start_metrics() -> None:
+            await endpoint.listen(settings.metrics_host, port)
+
+        components.resources.append(Resource("metrics listener", start_metrics, endpoint.close))
     components.probes["storage"] = lambda: _check(store.ping())
     components.resources.append(Resource("store", store.start, store.close))
     if redis is not None:
@@ -385,8 +427,8 @@ def create_app(
         status=components.status,
         status_public=settings.status_is_public,
         handoff=components.handoff,
-        metrics=components.metrics.exposition,
     ).install(app)
+    components.metrics_endpoint.install(app)
     Pages(client_script(settings)).install(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)
@@ -457,18 +499,44 @@ def describe_mode(settings: Settings) -> list[tuple[int, str]]:
         lines.append(
             (logging.WARNING, "assistant: OFFLINE (OPENAI_API_KEY not set): canned replies")
         )
-    if settings.dev_auth:
-        lines.append(
-            (
-                logging.WARNING,
-                "auth: DEV AUTH (JWT_SECRET not set): anyone may connect as a guest. "
-                "Never run this in production.",
-            )
-        )
-    else:
-        lines.append((logging.INFO, f"auth: JWT ({', '.join(settings.jwt_algorithms)})"))
+    lines.append(_describe_auth(settings))
+    lines.append(_describe_metrics(settings))
     lines.append((logging.INFO, client_script(settings).describe()))
     return lines
+
+
+def _describe_auth(settings: Settings) -> tuple[int, str]:
+    algorithms = ", ".join(settings.auth_algorithms)
+    if settings.jwt_secret:
+        return logging.INFO, f"auth: JWT, shared secret ({algorithms})"
+    if settings.jwt_public_key:
+        return logging.INFO, f"auth: JWT, public key ({algorithms})"
+    if settings.jwt_jwks_url:
+        return logging.INFO, f"auth: JWT, keys from {settings.jwt_jwks_url} ({algorithms})"
+    if settings.auth_mode == "dev":
+        return (
+            logging.WARNING,
+            f"auth: DEV AUTH (AUTH_MODE=dev) on {settings.host or 'every interface'}: anyone "
+            "may connect as anyone, CORS is open. Never run this in production.",
+        )
+    return (
+        logging.WARNING,
+        "auth: DEV AUTH (no JWT_SECRET; loopback only): anyone on this machine may connect "
+        "as a guest. Never run this in production.",
+    )
+
+
+def _describe_metrics(settings: Settings) -> tuple[int, str]:
+    where = []
+    if settings.metrics_port is not None:
+        where.append(f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    if settings.metrics_token:
+        where.append("/metrics on the public port with METRICS_TOKEN")
+    elif settings.dev_auth:
+        where.append("/metrics on the public port, open (dev auth)")
+    if not where:
+        return logging.INFO, "metrics: not served (set METRICS_TOKEN or METRICS_PORT)"
+    return logging.INFO, "metrics: " + ", ".join(where)
 
 
 async def _nothing() -> None:

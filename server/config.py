@@ -32,6 +32,51 @@ Seconds = Annotated[float, Field(ge=0.001)]
 Count = Annotated[int, Field(ge=1)]
 
 
+# HMAC keys at least as long as the hash (RFC 7518, 3.2).
+HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+ASYMMETRIC = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+ASYMMETRIC_DEFAULT = ("RS256", "ES256")
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name, or empty (every interface): assume reachable
+
+
+def _check_algorithms(settings: Settings) -> None:
+    """Algorithms fit the key: never "none", never HMAC beside a public key (a public key used
+    as an HMAC secret would let anyone sign), and a secret long enough for its hash."""
+    algorithms = settings.auth_algorithms
+    unknown = [a for a in algorithms if a not in HMAC_MIN_BYTES and a not in ASYMMETRIC]
+    if unknown:
+        known = sorted(HMAC_MIN_BYTES) + sorted(ASYMMETRIC)
+        raise ValueError(f"JWT_ALGORITHMS: {', '.join(unknown)} is not one of {known}")
+    hmac = [a for a in algorithms if a in HMAC_MIN_BYTES]
+    if settings.jwt_secret is None:
+        if hmac and settings.jwt_key_sources:
+            raise ValueError(
+                f"JWT_ALGORITHMS: {', '.join(hmac)} needs JWT_SECRET, not a public key"
+            )
+        return
+    if len(hmac) != len(algorithms):
+        raise ValueError("JWT_ALGORITHMS: with JWT_SECRET only HS256, HS384 and HS512 apply")
+    needed = max(HMAC_MIN_BYTES[a] for a in hmac)
+    length = len(settings.jwt_secret.encode())
+    if length < needed:
+        raise ValueError(
+            f"JWT_SECRET is {length} bytes; {'/'.join(hmac)} needs at least {needed} "
+            "(make one: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+        )
+
+
 class ConfigError(ValueError):
     """An environment variable has a value the server cannot use."""
 
@@ -57,8 +102,18 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, repr=False)
     redis_prefix: str = "consultations"
     redis_mode: Literal["single", "cluster"] = "single"
+    # "jwt" whenever a key is configured; "dev" (anyone may choose who they are) only on a
+    # loopback bind, or anywhere when set explicitly. See _auth().
+    auth_mode: Literal["jwt", "dev"] | None = None
     jwt_secret: str | None = Field(default=None, repr=False)
-    jwt_algorithms: Items = ("HS256",)
+    # PEM text (newlines may be written as \n) or the path of a PEM file.
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_jwks_cache_seconds: Seconds = 300.0
+    # An unknown kid refetches the key set at most this often (a flood of made-up kids must
+    # not become a flood of requests to the identity provider).
+    jwt_jwks_refresh_cooldown_seconds: Annotated[float, Field(ge=0)] = 30.0
+    jwt_algorithms: Items | None = None  # HS256 with a secret, RS256,ES256 with public keys
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     openai_api_key: str | None = Field(default=None, repr=False)
@@ -101,6 +156,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     log_content: bool = False
+    # /metrics: with a token, only "Authorization: Bearer <token>" may read it; without one it
+    # is not on the public port in JWT mode. METRICS_PORT adds a listener on METRICS_HOST.
+    metrics_token: str | None = Field(default=None, repr=False)
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    metrics_host: str = "127.0.0.1"
     admin_ui_username: str | None = None
     admin_ui_password: str | None = Field(default=None, repr=False)
 
@@ -145,9 +205,46 @@ class Settings(BaseSettings):
             raise ValueError("ADMIN_UI_USERNAME and ADMIN_UI_PASSWORD must be set together")
         return self
 
+    @model_validator(mode="after")
+    def _auth(self) -> Self:
+        """Fail closed: a server nobody can reach from elsewhere may run dev auth by default;
+        one on a public address needs JWT configuration or an explicit AUTH_MODE=dev."""
+        sources = self.jwt_key_sources
+        if len(sources) > 1:
+            raise ValueError(f"set only one of {', '.join(sources)}")
+        if self.auth_mode == "dev" and sources:
+            raise ValueError(f"AUTH_MODE=dev contradicts {sources[0]}: unset one of them")
+        if self.auth_mode == "jwt" and not sources:
+            raise ValueError("AUTH_MODE=jwt needs JWT_SECRET, JWT_PUBLIC_KEY or JWT_JWKS_URL")
+        if not sources and self.auth_mode is None and not is_loopback(self.host):
+            raise ValueError(
+                f"HOST={self.host or '(all interfaces)'} is not a loopback address and no JWT "
+                "is configured: set JWT_SECRET (or JWT_PUBLIC_KEY / JWT_JWKS_URL), or set "
+                "AUTH_MODE=dev to run dev auth there knowingly (anyone may connect as anyone)"
+            )
+        _check_algorithms(self)
+        return self
+
+    @property
+    def jwt_key_sources(self) -> list[str]:
+        """The JWT key settings that are set, by their variable names."""
+        named = {
+            "JWT_SECRET": self.jwt_secret,
+            "JWT_PUBLIC_KEY": self.jwt_public_key,
+            "JWT_JWKS_URL": self.jwt_jwks_url,
+        }
+        return [name for name, value in named.items() if value]
+
     @property
     def dev_auth(self) -> bool:
-        return not self.jwt_secret
+        return not self.jwt_key_sources
+
+    @property
+    def auth_algorithms(self) -> tuple[str, ...]:
+        """JWT_ALGORITHMS, or the usual ones for the kind of key configured."""
+        if self.jwt_algorithms is not None:
+            return self.jwt_algorithms
+        return ("HS256",) if self.jwt_secret else ASYMMETRIC_DEFAULT
 
     @property
     def status_is_public(self) -> bool:
@@ -200,4 +297,5 @@ def _describe(exc: ValidationError) -> str:
         return f"{name} must be >= {bound}, got {got}"
     if kind == "literal_error":
         return f"{name} must be one of {context.get('expected')}, got {got!r}"
-    return f"{name}: {first['msg'].removeprefix('Value error, ')}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{name}: {message}" if first["loc"] else message

@@ -148,6 +148,15 @@ class InvalidState(AppError):
     default_message = "The consultation is not in a state that allows this"
 
 
+class AuthUnavailable(AppError):
+    """The identity provider's keys (JWT_JWKS_URL) could not be fetched (retryable)."""
+
+    code = "auth_unavailable"
+    http_status = 503
+    retryable = True
+    default_message = "Token verification is unavailable, please retry"
+
+
 class StorageUnavailable(AppError):
     """The database is unreachable; nothing was stored or broadcast (retryable)."""
 

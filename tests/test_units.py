@@ -58,7 +58,7 @@ def test_settings_read_lists_numbers_and_hide_secrets() -> None:
         {
             "AI_MODELS": " a , b,,c ",
             "PORT": "9000",
-            "JWT_SECRET": "s3cret",
+            "JWT_SECRET": "s3cret-" + "k" * 40,
             "OPENAI_API_KEY": "sk-live",
             "MONGODB_URL": "mongodb://user:pw@db",
             "CORS_ORIGINS": "https://app.example",
@@ -80,7 +80,7 @@ def test_settings_read_lists_numbers_and_hide_secrets() -> None:
 
 
 def test_without_cors_origins_a_jwt_server_is_same_origin_only() -> None:
-    assert Settings.from_env({"JWT_SECRET": "x"}).allowed_origins is None
+    assert Settings.from_env({"JWT_SECRET": "x" * 32}).allowed_origins is None
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ def test_sse_comments_other_fields_and_blank_runs_are_ignored() -> None:
 
 # -- JWT claims -----------------------------------------------------------------------------------
 
-AUTH = Authenticator(secret=JWT_SECRET)
+AUTH = Authenticator.with_secret(JWT_SECRET)
 
 
 def claims_token(**claims: Any) -> str:
@@ -227,11 +227,12 @@ def claims_token(**claims: Any) -> str:
     )
 
 
-def test_jwt_claims_make_the_identity() -> None:
-    identity = AUTH.identify(claims_token(sub="u1", tenant="t1", role="operator", name="Olga"))
+async def test_jwt_claims_make_the_identity() -> None:
+    token = claims_token(sub="u1", tenant="t1", role="operator", name="Olga")
+    identity = await AUTH.identify(token)
     assert (identity.user_id, identity.tenant_id, identity.role) == ("u1", "t1", Role.OPERATOR)
     assert identity.name == "Olga" and identity.expires_at is not None
-    defaults = AUTH.identify(claims_token(sub="u2"))
+    defaults = await AUTH.identify(claims_token(sub="u2"))
     assert (defaults.tenant_id, defaults.role, defaults.name) == ("default", Role.USER, None)
 
 
@@ -239,22 +240,22 @@ def test_jwt_claims_make_the_identity() -> None:
     "claims",
     [{"sub": ""}, {"sub": 5}, {"sub": "u", "tenant": ""}, {"sub": "u", "role": "root"}, {}],
 )
-def test_jwt_claims_that_make_no_identity_are_refused(claims: dict[str, Any]) -> None:
+async def test_jwt_claims_that_make_no_identity_are_refused(claims: dict[str, Any]) -> None:
     with pytest.raises(Unauthorized):
-        AUTH.identify(claims_token(**claims))
+        await AUTH.identify(claims_token(**claims))
 
 
-def test_dev_auth_makes_guests_and_refuses_tokens() -> None:
-    dev = Authenticator(secret=None)
-    first, second = dev.identify(None), dev.identify(None)
+async def test_dev_auth_makes_guests_and_refuses_tokens() -> None:
+    dev = Authenticator.with_secret(None)
+    first, second = await dev.identify(None), await dev.identify(None)
     assert first.user_id.startswith("guest-") and first.user_id != second.user_id
     with pytest.raises(Unauthorized):
-        dev.identify(claims_token(sub="u1"))
+        await dev.identify(claims_token(sub="u1"))
 
 
-def test_issued_tokens_verify() -> None:
+async def test_issued_tokens_verify() -> None:
     token = AUTH.issue("u9", tenant="t9", role=Role.ADMIN, name="Ada")
-    identity = AUTH.identify(token)
+    identity = await AUTH.identify(token)
     assert (identity.user_id, identity.tenant_id, identity.role) == ("u9", "t9", Role.ADMIN)
 
 

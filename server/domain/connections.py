@@ -81,7 +81,7 @@ class ConnectionService:
         services = self._services
         assert services is not None, "ConnectionService.bind() was not called"
         try:
-            identity = self._verifier.identify(token, dev=dev)
+            identity = await self._verifier.identify(token, dev=dev)
             await self._admission.admit(identity, connection_id, len(self._sessions))
         except AppError as exc:
             services.metrics.rejected(exc.code)
@@ -160,7 +160,7 @@ class ConnectionService:
 
     async def refresh(self, session: ChatSession, token: str) -> Identity:
         """Adopt a fresh token: it must be for the same user of the same tenant."""
-        identity = self._verifier.identify(token)
+        identity = await self._verifier.identify(token)
         current = session.identity
         if (identity.tenant_id, identity.user_id) != (current.tenant_id, current.user_id):
             raise Forbidden("A refreshed token must be for the same user")

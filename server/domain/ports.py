@@ -329,9 +329,12 @@ class RoomPresence(Protocol):
 
 
 class TokenVerifier(Protocol):
-    def identify(self, token: str | None, *, dev: Mapping[str, Any] | None = None) -> Identity:
-        """The identity a token proves; raises :class:`Unauthorized`. In dev auth (no
-        secret) ``dev`` may choose it (``userId``, ``name``, ``role``): nothing is verified
+    async def identify(
+        self, token: str | None, *, dev: Mapping[str, Any] | None = None
+    ) -> Identity:
+        """The identity a token proves; raises :class:`Unauthorized` (or
+        :class:`AuthUnavailable` when the keys cannot be fetched). In dev auth ``dev`` may
+        choose it (``userId``, ``name``, ``role``): nothing is verified
         there anyway."""
         ...
 

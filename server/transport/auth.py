@@ -1,55 +1,134 @@
-"""Identity from a JWT (or, without a secret, dev-auth guests)."""
+"""Identity from a JWT (a shared secret, a public key or an identity provider's JWKS), or, in
+dev auth, the identity the client chose."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import jwt
 
 from ..domain.models import Identity, Role, valid_user_id
-from ..errors import Unauthorized
+from ..errors import AuthUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
 
 
+class KeySource(Protocol):
+    """Where the key that verifies a token comes from."""
+
+    async def key_for(self, token: str, algorithm: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SharedSecret:
+    """HS256/384/512: one secret signs and verifies."""
+
+    secret: str = field(repr=False)
+
+    async def key_for(self, token: str, algorithm: str) -> Any:
+        return self.secret
+
+
+@dataclass(frozen=True)
+class PublicKeys:
+    """``JWT_PUBLIC_KEY``: a PEM public key, prepared once for each algorithm it fits."""
+
+    by_algorithm: Mapping[str, Any]
+
+    @classmethod
+    def from_pem(cls, pem: str, algorithms: tuple[str, ...]) -> PublicKeys:
+        prepared: dict[str, Any] = {}
+        for name in algorithms:
+            with contextlib.suppress(ValueError, TypeError, jwt.InvalidKeyError):
+                prepared[name] = jwt.get_algorithm_by_name(name).prepare_key(pem)
+        if not prepared:
+            raise ValueError(f"not a PEM public key for {', '.join(algorithms)}")
+        return cls(prepared)
+
+    async def key_for(self, token: str, algorithm: str) -> Any:
+        key = self.by_algorithm.get(algorithm)
+        if key is None:
+            raise Unauthorized(f"The token's algorithm {algorithm} does not fit the key")
+        return key
+
+
+class JwksKeys:
+    """``JWT_JWKS_URL``: the identity provider's key set, fetched by PyJWT's ``PyJWKClient``
+    (cached; refetched for a ``kid`` it does not know, at most once per cooldown)."""
+
+    def __init__(self, url: str, *, cache_seconds: float, cooldown_seconds: float) -> None:
+        self.url = url
+        self._client = jwt.PyJWKClient(
+            url, lifespan=cache_seconds, cooldown_duration=cooldown_seconds, timeout=5
+        )
+
+    async def key_for(self, token: str, algorithm: str) -> Any:
+        # PyJWKClient fetches with urllib, which blocks: keep it off the event loop.
+        try:
+            found = await asyncio.to_thread(self._client.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientConnectionError as exc:
+            log.warning("the JWKS at %s could not be fetched: %s", self.url, exc)
+            raise AuthUnavailable() from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"The token's signing key is not known: {exc}") from exc
+        return found.key
+
+
 @dataclass(frozen=True)
 class Authenticator:
-    secret: str | None = field(repr=False)
+    """Verifies tokens with ``keys``; without keys it is dev auth (nothing to verify)."""
+
+    keys: KeySource | None
     algorithms: tuple[str, ...] = ("HS256",)
     audience: str | None = None
     issuer: str | None = None
 
+    @classmethod
+    def with_secret(cls, secret: str | None, **options: Any) -> Authenticator:
+        return cls(SharedSecret(secret) if secret else None, **options)
+
     @property
     def dev_auth(self) -> bool:
-        return not self.secret
+        return self.keys is None
 
-    def identify(self, token: str | None, *, dev: Mapping[str, Any] | None = None) -> Identity:
-        """Verify ``token``. Without a secret (dev auth) there is nothing to verify: the
-        client may choose who it is (``dev``: userId, name, role), or is a guest."""
+    async def identify(
+        self, token: str | None, *, dev: Mapping[str, Any] | None = None
+    ) -> Identity:
+        """Verify ``token``. In dev auth there is nothing to verify: the client may choose who
+        it is (``dev``: userId, name, role), or is a guest."""
         if not token:
-            if self.dev_auth:
+            if self.keys is None:
                 return dev_identity(dev)
             raise Unauthorized("A token is required")
-        if self.dev_auth:
-            # Without a secret nothing can be verified: trusting an unverified token would let
+        if self.keys is None:
+            # Without a key nothing can be verified: trusting an unverified token would let
             # anyone claim any identity, so tokens are refused rather than believed.
-            raise Unauthorized("This server runs dev auth (no JWT_SECRET): connect without a token")
-        return self._verify(token)
+            raise Unauthorized("This server runs dev auth (no JWT key): connect without a token")
+        return await self._verify(self.keys, token)
 
-    def _verify(self, token: str) -> Identity:
-        assert self.secret is not None
+    async def _verify(self, keys: KeySource, token: str) -> Identity:
+        try:
+            algorithm = jwt.get_unverified_header(token).get("alg")
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"The token is not valid: {exc}") from exc
+        # Never "none" (config refuses it) nor an algorithm this server was not told to accept:
+        # checked before any key is looked up, so a forged header costs no JWKS request.
+        if algorithm not in self.algorithms:
+            raise Unauthorized(f"The token's algorithm must be one of {list(self.algorithms)}")
+        key = await keys.key_for(token, algorithm)
         try:
             claims = jwt.decode(
                 token,
-                self.secret,
-                # Never "none": PyJWT refuses it unless listed, and it is never listed here.
-                algorithms=[a for a in self.algorithms if a.lower() != "none"],
+                key,
+                algorithms=[algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
                 options={"require": ["sub", "exp"]},
@@ -69,7 +148,7 @@ class Authenticator:
         name: str | None = None,
         ttl: timedelta = timedelta(hours=1),
     ) -> str:
-        if not self.secret:
+        if not isinstance(self.keys, SharedSecret):
             raise ValueError("JWT_SECRET is not set: there is no key to sign tokens with")
         now = datetime.now(UTC)
         claims: dict[str, Any] = {
@@ -85,7 +164,7 @@ class Authenticator:
             claims["aud"] = self.audience
         if self.issuer:
             claims["iss"] = self.issuer
-        return jwt.encode(claims, self.secret, algorithm=self.algorithms[0])
+        return jwt.encode(claims, self.keys.secret, algorithm=self.algorithms[0])
 
 
 def _identity(claims: Mapping[str, Any]) -> Identity:

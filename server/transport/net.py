@@ -1,10 +1,13 @@
-"""The client's address, trusting ``X-Forwarded-For`` only from configured proxies."""
+"""Where a request comes from: the client's address (trusting ``X-Forwarded-For`` only from
+configured proxies) and whether its ``Origin`` may open a WebSocket."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from aiohttp import web
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -43,3 +46,29 @@ def handshake_address(environ: Mapping[str, Any], proxies: Sequence[Network]) ->
     client = scope.get("client")
     peer = client[0] if client else environ.get("REMOTE_ADDR")
     return client_address(peer, environ.get("HTTP_X_FORWARDED_FOR"), proxies)
+
+
+def origin_allowed(request: web.Request, allowed: Sequence[str] | str | None) -> bool:
+    """The ``Origin`` check python-engineio makes for Socket.IO, for the plain WebSocket:
+    ``*`` allows any; a list allows those; ``None`` allows the server's own origin only, as
+    the request names it (``Host``) or a proxy forwarded it (``X-Forwarded-Proto/Host``). A
+    request without ``Origin`` is not a browser's and is not checked."""
+    origin = request.headers.get("Origin")
+    if origin is None or allowed == "*":
+        return True
+    if allowed is not None:
+        return origin in allowed
+    return origin in own_origins(request.scheme, request.headers)
+
+
+def own_origins(scheme: str, headers: Mapping[str, str]) -> set[str]:
+    host = headers.get("Host")
+    if not host:
+        return set()
+    origins = {f"{scheme}://{host}"}
+    proto, forwarded_host = headers.get("X-Forwarded-Proto"), headers.get("X-Forwarded-Host")
+    if proto or forwarded_host:
+        proto = (proto or scheme).split(",")[0].strip()
+        forwarded_host = (forwarded_host or host).split(",")[0].strip()
+        origins.add(f"{proto}://{forwarded_host}")
+    return origins

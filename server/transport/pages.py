@@ -4,17 +4,31 @@ CSS/JS (``/static/``) and, when installed, the socket.io-client bundle (``/vendo
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 CDN_CLIENT_URL = "https://cdn.socket.io/4.8.1/socket.io.min.js"
+# Subresource Integrity of that file: the browser refuses it if the CDN ever serves other bytes
+# (tests check it against npm's socket.io-client 4.8.1 dist/socket.io.min.js).
+CDN_CLIENT_INTEGRITY = "sha384-mkQ3/7FUtcGyoppY6bz/PORYoGqOl7/aSUMn2ymDOJcapfS6PHqxhRTMh1RR0Q6+"
 LOCAL_CLIENT_URL = "/vendor/socket.io.min.js"
-STATIC_FILES = {"chat.css": "text/css", "chat.js": "text/javascript"}
+STATIC_FILES = {
+    "chat.css": "text/css",
+    "chat.js": "text/javascript",
+    "index.js": "text/javascript",
+    "operator.js": "text/javascript",
+    "client-fallback.js": "text/javascript",
+}
 PAGES = {"/": "index.html", "/operator": "operator.html"}
+# Every response (on_response_prepare, so WebSocket upgrades and errors too).
+COMMON_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 @dataclass(frozen=True)
@@ -48,14 +62,49 @@ class ClientScript:
         fallback = ""
         if self.fallback:
             # Loaded only when the first script did not define io (unreachable CDN, proxy).
-            # "<\/script>" inside the string, or the HTML parser would end the outer script.
-            tag = json.dumps(f'<script src="{html.escape(self.fallback)}"></script>')
-            tag = tag.replace("/", "\\/")
-            fallback = f"<script>window.io || document.write({tag})</script>"
+            attributes = f'data-src="{html.escape(self.fallback)}"'
+            if self.fallback == CDN_CLIENT_URL:
+                attributes += f' data-integrity="{CDN_CLIENT_INTEGRITY}"'
+            fallback = f'<script src="/static/client-fallback.js" {attributes}></script>'
         return {
-            "{{SOCKETIO_CLIENT_URL}}": html.escape(self.url),
+            "{{SOCKETIO_CLIENT_SCRIPT}}": f'<script src="{html.escape(self.url)}"{_sri(self.url)}>'
+            "</script>",
             "{{SOCKETIO_CLIENT_FALLBACK}}": fallback,
         }
+
+    def script_sources(self) -> list[str]:
+        """For the CSP's script-src: this server, and the origin of each absolute URL."""
+        sources = ["'self'"]
+        for url in (self.url, self.fallback):
+            parts = urlsplit(url or "")
+            if parts.scheme in {"http", "https"} and parts.netloc:
+                origin = f"{parts.scheme}://{parts.netloc}"
+                if origin not in sources:
+                    sources.append(origin)
+        return sources
+
+    def content_security_policy(self) -> str:
+        """Scripts only from files (no inline script, no eval), nothing framing the pages."""
+        return "; ".join(
+            [
+                "default-src 'self'",
+                "script-src " + " ".join(self.script_sources()),
+                "style-src 'self'",
+                "img-src 'self' data:",
+                "connect-src 'self'",  # Socket.IO and /ws/chat on this origin (ws/wss too)
+                "object-src 'none'",
+                "base-uri 'none'",
+                "form-action 'self'",
+                "frame-ancestors 'none'",
+            ]
+        )
+
+
+def _sri(url: str) -> str:
+    """For the known CDN file: its integrity, fetched without credentials."""
+    if url != CDN_CLIENT_URL:
+        return ""
+    return f' integrity="{CDN_CLIENT_INTEGRITY}" crossorigin="anonymous"'
 
 
 class Pages:
@@ -69,8 +118,14 @@ class Pages:
                 text = text.replace(placeholder, value)
             self._pages[route] = text
         self._static = {name: folder.joinpath(name).read_bytes() for name in STATIC_FILES}
+        self._page_headers = {
+            "Content-Security-Policy": client.content_security_policy(),
+            "X-Frame-Options": "DENY",  # frame-ancestors, for browsers that predate it
+            "Cache-Control": "no-cache",
+        }
 
     def install(self, app: web.Application) -> None:
+        app.on_response_prepare.append(_common_headers)
         for route in PAGES:
             app.router.add_get(route, self.page)
         app.router.add_get("/static/{name}", self.static)
@@ -79,7 +134,9 @@ class Pages:
             app.router.add_get(LOCAL_CLIENT_URL + ".map", self.bundle_map)
 
     async def page(self, request: web.Request) -> web.Response:
-        return web.Response(text=self._pages[request.path], content_type="text/html")
+        return web.Response(
+            text=self._pages[request.path], content_type="text/html", headers=self._page_headers
+        )
 
     async def static(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -102,3 +159,8 @@ class Pages:
         if not source_map.is_file():
             raise web.HTTPNotFound()
         return web.FileResponse(source_map)
+
+
+async def _common_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in COMMON_HEADERS.items():
+        response.headers.setdefault(name, value)

@@ -19,7 +19,6 @@ from .auth import bearer_token
 
 log = logging.getLogger(__name__)
 
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 Readiness = Callable[[], Awaitable[dict[str, str]]]
 Status = Callable[[], Awaitable[dict[str, Any]]]
@@ -40,9 +39,7 @@ class Routes:
         status: Status | None = None,
         status_public: bool = False,
         handoff: HandoffService | None = None,
-        metrics: Callable[[], bytes] | None = None,
     ) -> None:
-        self._metrics = metrics
         self._handlers = catalogue_docs.handlers()
         self._handoff = handoff
         self._connections = connections
@@ -62,7 +59,6 @@ class Routes:
         app.router.add_get("/api/stats", self.stats)
         app.router.add_get("/ws/handlers", self.handlers)
         app.router.add_get("/asyncapi.json", self.asyncapi)
-        app.router.add_get("/metrics", self.metrics)
 
     async def handlers(self, request: web.Request) -> web.Response:
         """Every event of the catalogue, with its payload schema: for frontend developers."""
@@ -71,17 +67,10 @@ class Routes:
     async def asyncapi(self, request: web.Request) -> web.Response:
         return web.json_response(catalogue_docs.asyncapi(request.host))
 
-    async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus exposition. Unauthenticated, as scrapers expect: keep it off the public
-        edge (deploy/nginx.conf does)."""
-        if self._metrics is None:
-            raise web.HTTPNotFound()
-        return web.Response(body=self._metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE})
-
     async def stats(self, request: web.Request) -> web.Response:
         """``?from=&to=`` (ISO 8601): the tenant's figures, for operators and admins."""
         try:
-            identity = self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            identity = await self._auth.identify(bearer_token(request.headers.get("Authorization")))
             since = _time_param(request, "from")
             until = _time_param(request, "to")
             found = await self._service.stats(identity, since, until)
@@ -117,7 +106,9 @@ class Routes:
         """This instance's figures (and the cluster's): admins only, unless public."""
         try:
             if not self._status_public:
-                identity = self._auth.identify(bearer_token(request.headers.get("Authorization")))
+                identity = await self._auth.identify(
+                    bearer_token(request.headers.get("Authorization"))
+                )
                 if identity.role is not Role.ADMIN:
                     raise Forbidden("The status is for admins")
         except AppError as exc:
@@ -128,7 +119,7 @@ class Routes:
     async def operator_queue(self, request: web.Request) -> web.Response:
         """The tenant's waiting consultations, in the order they will be served."""
         try:
-            identity = self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            identity = await self._auth.identify(bearer_token(request.headers.get("Authorization")))
             if self._handoff is None:
                 raise NotFound()
             items = await self._handoff.queue(identity)
@@ -139,7 +130,7 @@ class Routes:
     async def consultations(self, request: web.Request) -> web.Response:
         """``?mode=ai|waiting|operator|closed``: the tenant's consultations, for dashboards."""
         try:
-            identity = self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            identity = await self._auth.identify(bearer_token(request.headers.get("Authorization")))
             raw = request.query.get("mode") or None
             try:
                 mode = Mode(raw) if raw else None
@@ -156,7 +147,7 @@ class Routes:
     async def messages(self, request: web.Request) -> web.Response:
         try:
             token = bearer_token(request.headers.get("Authorization"))
-            identity = self._auth.identify(token)
+            identity = await self._auth.identify(token)
             after_seq = _int_param(request, "afterSeq", minimum=0)
             limit = _int_param(request, "limit", minimum=1)
             messages = await self._service.history(

@@ -32,7 +32,7 @@ from ..fanout.frames import Frame
 from ..fanout.hub import RoomHub
 from ..fanout.outbox import DEFAULT_MAX_BYTES, Outbox, OutboxStats
 from .auth import bearer_token
-from .net import Network, client_address
+from .net import Network, client_address, origin_allowed
 from .sinks import WebSocketSink, close_websocket, websocket_frame
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,11 @@ class RawChatEndpoint:
         settings: RawSettings,
         *,
         dev_auth: bool,
+        allowed_origins: list[str] | str | None = None,
         trusted_proxies: tuple[Network, ...] = (),
         outbox_stats: OutboxStats | None = None,
     ) -> None:
+        self._allowed_origins = allowed_origins
         self._outbox_stats = outbox_stats
         self._connections = connections
         self._hub = hub
@@ -153,6 +155,10 @@ class RawChatEndpoint:
         await asyncio.gather(*(member.closed() for member in members))
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        if not origin_allowed(request, self._allowed_origins):
+            # Cross-site WebSocket hijacking: a page elsewhere must not ride a user's cookies
+            # or network position. Clients that send no Origin (not browsers) are not affected.
+            raise web.HTTPForbidden(text="This Origin may not open /ws/chat (CORS_ORIGINS)\n")
         ws = web.WebSocketResponse(
             max_msg_size=MAX_FRAME_BYTES,
             heartbeat=self._settings.ping_interval,  # WebSocket pings; a dead peer is dropped

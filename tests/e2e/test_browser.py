@@ -61,6 +61,9 @@ async def test_the_pages_chat_stream_stop_reload_and_hand_off_in_chromium(
     seen = await run_browser(server.url, fallback.url, tmp_path)
 
     assert seen["pageErrors"] == []
+    # Every page ran under its Content-Security-Policy and broke none of it.
+    assert set(seen["csp"]) == {"/", "/operator"} and all(seen["csp"].values()), seen["csp"]
+    assert seen["cspViolations"] == []
     # The README snippet, verbatim, in the page's console.
     [logged] = seen["snippetLines"]
     assert logged.startswith("AI: Echo: I have a headache, what should I do?")

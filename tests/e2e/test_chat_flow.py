@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from server.transport.pages import CDN_CLIENT_INTEGRITY, CDN_CLIENT_URL
 from tests.conftest import JWT_SECRET, Connect, StartServer, make_token
 from tests.fakes.openai_server import FakeOpenAI, reply_for
 from tests.helpers import ChatClient, assert_clean_stream, chunks_by_message
@@ -228,9 +229,15 @@ async def test_health_and_readiness_and_pages(start_server: StartServer, tmp_pat
                 html = await response.text()
                 # The local bundle first; the CDN only when it did not define io.
                 assert '<script src="/vendor/socket.io.min.js"></script>' in html
-                assert "window.io || document.write" in html and "cdn.socket.io" in html
+                assert (
+                    '<script src="/static/client-fallback.js" '
+                    f'data-src="{CDN_CLIENT_URL}" data-integrity="{CDN_CLIENT_INTEGRITY}">'
+                ) in html
                 assert "{{" not in html
-        async with http.get(server.url + "/operator") as response:
+                assert "<script>" not in html  # no inline script: the CSP allows none
+                csp = response.headers["Content-Security-Policy"]
+                assert "script-src 'self' https://cdn.socket.io;" in csp
+        async with http.get(server.url + "/static/operator.js") as response:
             assert "acceptConsultation" in await response.text()
         async with http.get(server.url + "/static/chat.js") as response:
             assert response.status == 200
@@ -249,8 +256,11 @@ async def test_the_pages_use_the_cdn_without_a_local_bundle_and_an_override_firs
     async with aiohttp.ClientSession() as http:
         async with http.get(server.url + "/") as response:
             html = await response.text()
-            assert '<script src="https://cdn.socket.io/4.8.1/socket.io.min.js"></script>' in html
-            assert "document.write" not in html  # nothing to fall back to
+            assert (
+                f'<script src="{CDN_CLIENT_URL}" integrity="{CDN_CLIENT_INTEGRITY}" '
+                'crossorigin="anonymous"></script>'
+            ) in html
+            assert "client-fallback.js" not in html  # nothing to fall back to
         async with http.get(server.url + "/vendor/socket.io.min.js") as response:
             assert response.status == 404
     other = await start_server(
@@ -259,7 +269,7 @@ async def test_the_pages_use_the_cdn_without_a_local_bundle_and_an_override_firs
     async with aiohttp.ClientSession() as http, http.get(other.url + "/") as response:
         html = await response.text()
         assert '<script src="/static/sio-test.js"></script>' in html
-        assert "cdn.socket.io" in html  # the fallback
+        assert f'data-src="{CDN_CLIENT_URL}"' in html  # the fallback
 
 
 async def test_fast_deltas_are_coalesced_and_the_first_token_goes_out_at_once(

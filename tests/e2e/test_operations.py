@@ -24,6 +24,7 @@ from tests.conftest import JWT_SECRET, Connect, StartServer, make_token
 from tests.helpers import ChatClient, eventually
 
 JS = Path(__file__).resolve().parent.parent / "js"
+METRICS_TOKEN = "metrics-" + "m" * 32
 ASYNCAPI_SCHEMA = JS / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0.json"
 
 
@@ -35,9 +36,11 @@ async def get(url: str, token: str | None = None) -> tuple[int, Any]:
         return response.status, body
 
 
-async def metric_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+async def metric_samples(
+    url: str, token: str | None = None
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of /metrics, parsed by prometheus-client's own parser."""
-    status, text = await get(url + "/metrics")
+    status, text = await get(url + "/metrics", token)
     assert status == 200
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -204,7 +207,7 @@ async def two_tenants(url: str, connect: Connect) -> tuple[datetime, datetime]:
 async def test_stats_over_two_tenants_and_a_period(
     start_server: StartServer, connect: Connect
 ) -> None:
-    server = await start_server(jwt_secret=JWT_SECRET)
+    server = await start_server(jwt_secret=JWT_SECRET, metrics_token=METRICS_TOKEN)
     began, ended = await two_tenants(server.url, connect)
 
     acme_admin = make_token("root", tenant="acme", role="admin")
@@ -240,7 +243,7 @@ async def test_stats_over_two_tenants_and_a_period(
     status, invalid = await get(server.url + "/api/stats?from=yesterday", acme_admin)
     assert status == 400 and invalid["error"]["field"] == "from"
 
-    samples = await metric_samples(server.url)
+    samples = await metric_samples(server.url, METRICS_TOKEN)
     assert value(samples, "chat_ratings_total", score="5") == 1
     assert value(samples, "chat_handoffs_total", step="requested") == 1
     assert value(samples, "chat_handoffs_total", step="accepted") == 1

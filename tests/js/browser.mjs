@@ -8,7 +8,7 @@ import { chromium } from "playwright-core";
 import { readmeSnippet } from "./readme.mjs";
 
 const [base, fallbackBase, shots] = process.argv.slice(2);
-const seen = { cdnRequests: [], pageErrors: [] };
+const seen = { cdnRequests: [], pageErrors: [], cspViolations: [], csp: {} };
 const step = (name) => { seen.lastStep = name; };
 
 const browser = await chromium.launch({
@@ -22,8 +22,13 @@ async function open(url) {
   await context.route(/cdn\.socket\.io/, (route) => { seen.cdnRequests.push(route.request().url()); return route.abort(); });
   const page = await context.newPage();
   page.on("pageerror", (error) => seen.pageErrors.push(error.message));
+  // Chromium reports every blocked script, style or connection in the console.
+  page.on("console", (message) => {
+    if (/Content Security Policy/i.test(message.text())) seen.cspViolations.push(message.text());
+  });
   page.setDefaultTimeout(15000);
-  await page.goto(url);
+  const response = await page.goto(url);
+  seen.csp[new URL(url).pathname] = response.headers()["content-security-policy"] || null;
   await page.waitForSelector("#status.ok");
   return page;
 }

@@ -223,8 +223,20 @@ class AppProcess:
 # -- nginx, from deploy/nginx.conf ----------------------------------------------------------------
 
 
-def render_nginx_conf(upstreams: list[str], listen: str) -> str:
-    """deploy/nginx.conf with only the upstream servers and the listen address replaced."""
+def render_nginx_conf(
+    upstreams: list[str],
+    listen: str,
+    *,
+    redirect_listen: str,
+    certificate: Path,
+    key: Path,
+    tls: bool = True,
+    http2_directive: bool = True,
+) -> str:
+    """deploy/nginx.conf with only the upstream servers, the listen addresses and the
+    certificate paths replaced. ``tls=False`` serves the app's server block as plain HTTP on
+    ``listen`` (the tests that are not about TLS); an nginx older than 1.25.1 gets HTTP/2 as
+    the ``listen`` parameter it knows instead of ``http2 on;``."""
     source = (ROOT / "deploy" / "nginx.conf").read_text()
     server_lines = re.findall(r"^(\s*)server app\d+:8080( [^;]*)?;$", source, flags=re.M)
     assert server_lines, "deploy/nginx.conf has no 'server appN:8080' upstream lines"
@@ -233,9 +245,47 @@ def render_nginx_conf(upstreams: list[str], listen: str) -> str:
     source = re.sub(
         r"(^\s*server app\d+:8080( [^;]*)?;\n)+", rendered_servers + "\n", source, flags=re.M
     )
-    rendered, count = re.subn(r"listen 80;", f"listen {listen};", source)
-    assert count == 1
-    return rendered
+    listen_params = " ssl" if tls else ""
+    if tls and not http2_directive:
+        listen_params += " http2"
+    replacements = {
+        "listen 80;": f"listen {redirect_listen};",
+        "listen 443 ssl;": f"listen {listen}{listen_params};",
+        "http2 on;": "http2 on;" if tls and http2_directive else "",
+        "/etc/nginx/tls/fullchain.pem;": f"{certificate};",
+        "/etc/nginx/tls/privkey.pem;": f"{key};",
+    }
+    for old, new in replacements.items():
+        assert source.count(old) == 1, f"deploy/nginx.conf should have {old!r} once"
+        source = source.replace(old, new)
+    return source
+
+
+def nginx_has_http2_directive() -> bool:
+    """``http2 on;`` exists from nginx 1.25.1 (Debian 12 ships 1.22)."""
+    result = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True)
+    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", result.stderr + result.stdout)
+    assert found, result.stderr
+    return tuple(int(part) for part in found.groups()) >= (1, 25, 1)
+
+
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost made with openssl (EC P-256, two days)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    certificate, key = folder / "fullchain.pem", folder / "privkey.pem"
+    if not certificate.exists():
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "ec",
+                "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                "-keyout", str(key), "-out", str(certificate), "-days", "2",
+                "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+    return certificate, key
 
 
 def nginx_binary() -> str:
@@ -244,12 +294,22 @@ def nginx_binary() -> str:
 
 @dataclass
 class Nginx(ExternalServer):
+    """deploy/nginx.conf in front of ``upstreams``. With ``tls`` it serves HTTPS/WSS on
+    ``port`` (a self-signed certificate, :attr:`certificate`) and redirects plain HTTP from
+    ``redirect_port``; without, the same server block answers plain HTTP on ``port``."""
+
     upstreams: list[str] = field(default_factory=list)
     workdir: Path = Path(".")
+    tls: bool = False
+    redirect_port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def certificate(self) -> Path:
+        return self.workdir / "tls" / "fullchain.pem"
 
     def command(self) -> list[str]:
         conf = self.workdir / "nginx.conf"
@@ -258,7 +318,18 @@ class Nginx(ExternalServer):
     def start(self) -> Nginx:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "nginx.conf"
-        conf.write_text(render_nginx_conf(self.upstreams, f"127.0.0.1:{self.port}"))
+        certificate, key = self_signed_certificate(self.workdir / "tls")
+        conf.write_text(
+            render_nginx_conf(
+                self.upstreams,
+                f"127.0.0.1:{self.port}",
+                redirect_listen=f"127.0.0.1:{self.redirect_port}",
+                certificate=certificate,
+                key=key,
+                tls=self.tls,
+                http2_directive=nginx_has_http2_directive(),
+            )
+        )
         check = subprocess.run([*self.command(), "-t"], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
         with (self.workdir / "nginx.log").open("ab") as log:

@@ -11,10 +11,18 @@ from typing import Any
 import yaml
 
 from server.config import Settings
-from tests.servers import nginx_binary, render_nginx_conf
+from tests.servers import (
+    nginx_binary,
+    nginx_has_http2_directive,
+    render_nginx_conf,
+    self_signed_certificate,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = (ROOT / "deploy" / "nginx.conf").read_text()
+# The server block that proxies the app (HTTPS), and the plain-HTTP one that redirects.
+APP_SERVER = NGINX_CONF[NGINX_CONF.index("listen 443 ssl;") :]
+REDIRECT_SERVER = NGINX_CONF[NGINX_CONF.index("listen 80;") : NGINX_CONF.index("listen 443 ssl;")]
 
 
 def compose() -> dict[str, Any]:
@@ -23,20 +31,50 @@ def compose() -> dict[str, Any]:
 
 
 def location(name: str) -> str:
-    match = re.search(r"location " + re.escape(name) + r" \{(.*?)\n        \}", NGINX_CONF, re.S)
+    match = re.search(r"location " + re.escape(name) + r" \{(.*?)\n        \}", APP_SERVER, re.S)
     assert match, f"no location {name}"
     return match.group(1)
 
 
 def test_rendered_nginx_conf_passes_nginx_t(tmp_path: Path) -> None:
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(render_nginx_conf(["127.0.0.1:1", "127.0.0.1:2"], "127.0.0.1:3"))
-    result = subprocess.run(
-        [nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"],
-        capture_output=True,
-        text=True,
+    certificate, key = self_signed_certificate(tmp_path / "tls")
+    for tls in (True, False):
+        conf = tmp_path / "nginx.conf"
+        rendered = render_nginx_conf(
+            ["127.0.0.1:1", "127.0.0.1:2"],
+            "127.0.0.1:3",
+            redirect_listen="127.0.0.1:4",
+            certificate=certificate,
+            key=key,
+            tls=tls,
+            http2_directive=nginx_has_http2_directive(),
+        )
+        conf.write_text(rendered)
+        result = subprocess.run(
+            [nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_nginx_serves_tls_only_and_redirects_plain_http() -> None:
+    assert "return 301 https://$host$request_uri;" in REDIRECT_SERVER
+    assert "location /.well-known/acme-challenge/" in REDIRECT_SERVER  # Let's Encrypt HTTP-01
+    assert "proxy_pass" not in REDIRECT_SERVER
+    assert "http2 on;" in APP_SERVER
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in APP_SERVER
+    ciphers = re.search(r"ssl_ciphers ([^;]+);", APP_SERVER)
+    assert ciphers and all(c.startswith("ECDHE-") for c in ciphers.group(1).split(":"))
+    assert re.search(
+        r'add_header Strict-Transport-Security "max-age=\d{8,}[^"]*" always;', APP_SERVER
     )
-    assert result.returncode == 0, result.stderr
+    assert "ssl_certificate /etc/nginx/tls/fullchain.pem;" in APP_SERVER
+    assert "ssl_certificate_key /etc/nginx/tls/privkey.pem;" in APP_SERVER
+    nginx = compose()["services"]["nginx"]
+    assert any(v.endswith(":/etc/nginx/tls:ro") for v in nginx["volumes"])
+    published = sorted(port.rsplit(":", 1)[1] for port in nginx["ports"])
+    assert published == ["443", "80"]
 
 
 def test_nginx_upstream_is_sticky_and_lists_the_compose_apps() -> None:
@@ -82,12 +120,12 @@ def test_compose_wires_mongo_redis_apps_and_nginx() -> None:
         assert env["MONGODB_URL"].startswith("mongodb://mongo:")
         assert env["REDIS_URL"].startswith("redis://redis:")
         assert "JWT_SECRET" in env
+        assert "METRICS_TOKEN" in env  # Prometheus scrapes with it
         assert env["HOST"] == "0.0.0.0"
         assert spec["build"]["dockerfile"] == "Dockerfile"
         assert spec["depends_on"]["mongo"]["condition"] == "service_healthy"
     nginx = services["nginx"]
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
-    assert len(nginx["ports"]) == 1
     assert set(nginx["depends_on"]) >= set(apps)
 
 
@@ -140,7 +178,16 @@ def test_prometheus_scrapes_every_app_and_grafana_is_provisioned() -> None:
     assert job["metrics_path"] == "/metrics"
     targets = [t for config in job["static_configs"] for t in config["targets"]]
     assert sorted(targets) == [f"{app}:8080" for app in apps]
-    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]
+    prometheus = services["prometheus"]
+    assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    # The scrape carries METRICS_TOKEN, which compose hands Prometheus as a file.
+    assert job["authorization"] == {
+        "type": "Bearer",
+        "credentials_file": "/etc/prometheus/metrics_token",
+    }
+    [config] = prometheus["configs"]
+    assert config["target"] == "/etc/prometheus/metrics_token"
+    assert "METRICS_TOKEN" in compose()["configs"][config["source"]]["content"]
     grafana = services["grafana"]
     assert "./grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
     provisioning = ROOT / "deploy" / "grafana" / "provisioning"

@@ -30,6 +30,7 @@ from .failover import (
     FailoverRoomPresence,
     FailoverStopSignals,
 )
+from .fences import MemoryFences
 from .inflight import MemoryReplyRegistry, RedisReplyRegistry
 from .instances import MemoryInstanceDirectory, RedisInstanceDirectory
 from .locks import MemoryReplyLocks, RedisReplyLocks
@@ -58,10 +59,11 @@ class Coordination:
 
 def in_memory() -> Coordination:
     """One instance: everything in this process."""
+    fences = MemoryFences()  # the locks hand them out, the buffer checks them
     return Coordination(
-        locks=MemoryReplyLocks(),
+        locks=MemoryReplyLocks(fences),
         queue=MemoryReplyQueue(),
-        buffer=MemoryReplyBuffer(),
+        buffer=MemoryReplyBuffer(fences),
         stops=MemoryStopSignals(),
         rates=MemoryRateLimits(),
         registry=MemoryConnectionRegistry(),

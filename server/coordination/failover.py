@@ -3,8 +3,9 @@
 While Redis is unreachable an instance coordinates its own consultations locally (the memory
 implementation of the same concern), so its clients keep getting replies (at worst two
 instances answer one consultation at once during the outage); as soon as Redis answers again,
-the cluster-wide state is used. A lock whose backend drops mid-stream is reported lost instead
-of raising into the reply being streamed.
+the cluster-wide state is used. A lock whose backend drops mid-stream is not a lost lock: its
+renewal raises :class:`CoordinationUnavailable` and the reply goes on (see domain/replies.py);
+only "someone else holds it" ends a reply.
 
 Never wrap a decision that must be unique cluster-wide: an operator's accept is decided by the
 database, not here.
@@ -82,10 +83,8 @@ class _GuardedLock:
         return self._inner.token
 
     async def renew(self) -> bool:
-        try:
-            return await self._inner.renew()
-        except CoordinationUnavailable:
-            return False
+        # Unreachable is not lost: CoordinationUnavailable reaches the reply, which goes on.
+        return await self._inner.renew()
 
     async def release(self) -> None:
         with contextlib.suppress(CoordinationUnavailable):  # it expires by itself

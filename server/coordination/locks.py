@@ -1,9 +1,15 @@
 """``ReplyLocks``: one reply at a time per consultation.
 
-Redis: ``SET NX PX`` with a random token; renew and release are Lua scripts that act only
-while the token still matches, so an instance never extends or frees a lock that expired and
-was taken by another. A crashed instance's lock simply expires. A lock whose key vanished
-without being taken (Redis restarted empty) is re-established by its holder's renewal.
+Redis: the lock is a key holding its holder's token, taken with a script that also takes the
+consultation's next fence (``fences.py``): the token is ``"<fence>:<random>"``. Renew and
+release act only while the token still matches, so an instance never extends or frees a lock
+that expired and was taken by another. A crashed instance's lock simply expires. A lock whose
+key vanished is re-established by its holder's renewal only when no one took the lock since
+(no newer fence): Redis restarted empty, or the holder was cut off from it for a while. An old
+holder — paused while another took the lock — is never given it back.
+
+``renew`` says False only when the lock is someone else's; when Redis cannot be reached it
+raises :class:`CoordinationUnavailable`, which is not a lost lock.
 """
 
 from __future__ import annotations
@@ -11,20 +17,42 @@ from __future__ import annotations
 import time
 import uuid
 
+from .fences import FENCE_TTL_MS, LUA_FENCE_OF, MemoryFences, fence_of, new_token
 from .redis_support import RedisHandle, ms
 
-_RENEW = """
+_ACQUIRE = (
+    LUA_FENCE_OF
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local fence = redis.call('INCR', KEYS[2])
+if fence < now then
+  fence = now
+  redis.call('SET', KEYS[2], fence)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local token = fence .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
+return token
+"""
+)
+_RENEW = (
+    LUA_FENCE_OF
+    + """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-if not holder then
-  -- Gone without being taken (Redis restarted empty): the holder keeps it.
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
+if holder then return 0 end
+-- Gone: the holder keeps it only if nobody took it since (no newer fence).
+local fence = fence_of(ARGV[1])
+if fence < current_fence(KEYS[2]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[2], fence, 'PX', ARGV[3])
+return 1
 """
+)
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -52,24 +80,30 @@ class MemoryLock:
 
 
 class MemoryReplyLocks:
-    def __init__(self) -> None:
+    def __init__(self, fences: MemoryFences | None = None) -> None:
         self._locks: dict[str, tuple[str, float]] = {}  # name -> (token, expires at)
+        self._fences = fences or MemoryFences()
 
     async def try_lock(self, name: str, ttl_seconds: float) -> MemoryLock | None:
         now = time.monotonic()
         held = self._locks.get(name)
         if held is not None and held[1] > now:
             return None
-        token = uuid.uuid4().hex
+        token = new_token(self._fences.next(name))
         self._locks[name] = (token, now + ttl_seconds)
         return MemoryLock(self, name, token, ttl_seconds)
 
     def renew(self, name: str, token: str, ttl: float) -> bool:
         held = self._locks.get(name)
         now = time.monotonic()
-        if held is not None and held[0] != token and held[1] > now:
+        if held is not None and held[0] == token:
+            self._locks[name] = (token, now + ttl)
+            return True
+        if held is not None and held[1] > now:
             return False  # another holds it
-        self._locks[name] = (token, now + ttl)  # ours, or free again: ours (as on Redis)
+        if not self._fences.admits(name, token):
+            return False  # free again, but taken (and released) by a newer holder since
+        self._locks[name] = (token, now + ttl)
         return True
 
     def release(self, name: str, token: str) -> None:
@@ -79,9 +113,9 @@ class MemoryReplyLocks:
 
 
 class RedisLock:
-    def __init__(self, redis: RedisHandle, key: str, token: str, ttl_ms: int) -> None:
+    def __init__(self, redis: RedisHandle, keys: list[str], token: str, ttl_ms: int) -> None:
         self._redis = redis
-        self._key = key
+        self._keys = keys  # the lock, its fence counter
         self._token = token
         self._ttl_ms = ttl_ms
 
@@ -90,10 +124,13 @@ class RedisLock:
         return self._token
 
     async def renew(self) -> bool:
-        return bool(await self._redis.run(_RENEW, [self._key], [self._token, self._ttl_ms]))
+        renewed = await self._redis.run(
+            _RENEW, self._keys, [self._token, self._ttl_ms, FENCE_TTL_MS]
+        )
+        return bool(renewed)
 
     async def release(self) -> None:
-        await self._redis.run(_RELEASE, [self._key], [self._token])
+        await self._redis.run(_RELEASE, self._keys[:1], [self._token])
 
 
 class RedisReplyLocks:
@@ -101,7 +138,11 @@ class RedisReplyLocks:
         self._redis = redis
 
     async def try_lock(self, name: str, ttl_seconds: float) -> RedisLock | None:
-        key, token, ttl_ms = self._redis.key("lock", name), uuid.uuid4().hex, ms(ttl_seconds)
-        async with self._redis.translated():
-            acquired = await self._redis.client.set(key, token, nx=True, px=ttl_ms)
-        return RedisLock(self._redis, key, token, ttl_ms) if acquired else None
+        keys = [self._redis.key("lock", name), self._redis.key("fence", name)]
+        ttl_ms = ms(ttl_seconds)
+        token = await self._redis.run(_ACQUIRE, keys, [uuid.uuid4().hex, ttl_ms, FENCE_TTL_MS])
+        if not token:
+            return None
+        token = token.decode() if isinstance(token, bytes) else str(token)
+        assert fence_of(token) > 0
+        return RedisLock(self._redis, keys, token, ttl_ms)

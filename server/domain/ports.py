@@ -160,11 +160,14 @@ class Assistant(Protocol):
 class Lock(Protocol):
     @property
     def token(self) -> str:
-        """Unique to this holding of the lock: what fences the holder's writes."""
+        """Unique to this holding of the lock, ``"<fence>:<random>"`` where the fence grows
+        with every acquisition of the name: what fences the holder's writes."""
         ...
 
     async def renew(self) -> bool:
-        """Extend the lock's expiry; False when it was lost (expired and taken by another)."""
+        """Extend the lock's expiry; False when it was lost (taken by another since). Raises
+        :class:`CoordinationUnavailable` when the backend cannot be reached: that is not a
+        lost lock."""
         ...
 
     async def release(self) -> None: ...

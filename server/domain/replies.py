@@ -15,9 +15,18 @@ streams the continuation with the same message id and the next chunk indexes, st
 reply once, then answers whatever was pending behind it.
 
 **Fencing.** A chunk is emitted only after its text was appended to the buffer under the
-owner's token, and the buffer refuses appends from anyone but the current owner: an instance
-that was only slow and lost its reply to a takeover stops at its next chunk (or lock renewal),
-emits nothing more and stores nothing.
+owner's token, and the buffer refuses appends from anyone but the current owner, and from any
+token older than the consultation's newest lock (tokens carry a fence that grows with every
+acquisition): an instance that was only slow, or paused, and lost its reply to a takeover stops
+at its next chunk (or lock renewal), emits nothing more, puts no buffer back and stores nothing
+(the store write is preceded by a renewal, and its unique message id refuses a second writer).
+
+**Outages.** Losing the coordination backend is not losing the lock to someone else: a renewal
+that cannot reach Redis lets the reply go on. Its buffer moves to this process's memory (see
+coordination/failover.py), its chunks reach the local members (and the others once fan-out is
+back), and it is stored once at the end; the lock is re-established by the next renewal that
+reaches Redis, unless someone took it meanwhile. Renewals are retried every half second while
+the backend is away, so that happens as soon as it is back.
 """
 
 from __future__ import annotations
@@ -32,7 +41,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ..errors import AppError, AssistantUnavailable, ReplyInterrupted, StorageUnavailable
+from ..errors import (
+    AppError,
+    AssistantUnavailable,
+    CoordinationUnavailable,
+    ReplyInterrupted,
+    StorageUnavailable,
+)
 from .events import AiChunk, AiMessage, AiThinking, ErrorEvent, ServerEvent
 from .models import Author, ConsultationKey, Message, MessageStatus, Mode, new_id, utcnow
 from .ports import (
@@ -59,6 +74,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STOP_POLL_SECONDS = 0.2
+OUTAGE_RENEW_SECONDS = 0.5  # how often a reply retries its renewal while Redis is away
 STORE_PATIENCE_SECONDS = 60.0  # how long a finished reply waits for the database
 REAP_BATCH = 50
 
@@ -93,6 +109,7 @@ class _Draft:
     sent_parts: int = 0  # how many of the parts went out in chunks
     streaming: bool = True  # the flusher stops once this is False
     lost: bool = False
+    cut_off: bool = False  # a renewal could not reach the coordination backend (logged once)
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # flush now, or stop
     delta_at: float = 0.0  # loop time of the newest delta
     flushed_at: float = float("-inf")  # loop time of the last chunk
@@ -470,6 +487,7 @@ class ReplyService:
         # interrupted between taking its text and emitting it would lose that text.
         flusher = asyncio.create_task(self._flush_until_done(draft))
         renewed_at = time.monotonic()
+        renew_every = self._ttl / 3
         window = self._settings.chunk_flush_seconds
         loop = asyncio.get_running_loop()
         try:
@@ -497,11 +515,14 @@ class ReplyService:
                     # One chunk per delta, even for deltas decoded from one network read
                     # (the stream does not yield to the loop between them).
                     await asyncio.sleep(0)
-                if time.monotonic() - renewed_at > self._ttl / 3:
+                if time.monotonic() - renewed_at > renew_every:
                     renewed_at = time.monotonic()
-                    if not await lock.renew():
+                    held = await self._renew(lock, draft)
+                    if held is False:
                         draft.lost = True
                         return None
+                    # Unreachable: look again soon, to take the lock back once Redis is.
+                    renew_every = self._ttl / 3 if held else min(OUTAGE_RENEW_SECONDS, renew_every)
                     await self._inflight.touch(name, self._ttl)
         except AssistantUnavailable as exc:
             return exc
@@ -616,8 +637,24 @@ class ReplyService:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
-                if lock is not None and not await lock.renew():
+                if lock is not None and await self._renew(lock) is False:
                     raise _Lost() from None
+
+    async def _renew(self, lock: Lock, draft: _Draft | None = None) -> bool | None:
+        """True: the lock is still ours. False: someone else holds it now (the reply is
+        theirs). None: the backend could not be reached, which is not a lost lock: the reply
+        goes on, and the next renewal that reaches it takes the lock back."""
+        try:
+            return await lock.renew()
+        except CoordinationUnavailable:
+            if draft is not None and not draft.cut_off:
+                draft.cut_off = True
+                log.warning(
+                    "reply %s in %s streams on while coordination is unavailable",
+                    draft.message_id,
+                    draft.key.room,
+                )
+            return None
 
     async def _finish(
         self, draft: _Draft, stopped: bool, failure: AppError | None, lock: Lock | None
@@ -644,6 +681,10 @@ class ReplyService:
                 answers_seq=draft.request_seq or None,
                 response_ms=draft.response_ms(),
             )
+            # Fenced: a holder that lost the reply stores nothing (and if it lost it after this
+            # check, the message id is already the new owner's, and the store refuses it).
+            if lock is not None and await self._renew(lock, draft) is False:
+                raise _Lost()
             # What the room saw must reach the history: through a database outage too.
             appended = await self._patiently(lambda: self._store.append(reply), lock)
             stored = True

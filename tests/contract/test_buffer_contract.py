@@ -78,3 +78,30 @@ async def test_appending_keeps_the_buffer_alive(coordination: Coordination, name
         await coordination.buffer.append(name, "m1", "tok-a", "x", 0.4)
     partial = await coordination.buffer.read(name)
     assert partial is not None and (partial.content, partial.index) == ("xxx", 2)
+
+
+async def test_an_owner_fenced_out_by_a_newer_lock_never_writes_again(
+    coordination: Coordination, name: str
+) -> None:
+    """A paused owner comes back after another instance took its reply over, stored it and
+    cleared the buffer: it can neither restore the buffer nor append to it."""
+    old = await coordination.locks.try_lock(name, 0.2)
+    assert old is not None
+    await coordination.buffer.start(name, draft(owner=old.token), 5)
+    assert await coordination.buffer.append(name, "m1", old.token, "a", 5) is BufferWrite.OK
+    await asyncio.sleep(0.35)
+    new = await coordination.locks.try_lock(name, 5)
+    assert new is not None
+    claimed = await coordination.buffer.claim(name, "m1", new.token, 5)
+    assert claimed is not None and claimed.content == "a"
+    assert await coordination.buffer.append(name, "m1", new.token, "b", 5) is BufferWrite.OK
+    await coordination.buffer.clear(name, "m1")
+
+    await coordination.buffer.start(name, draft(owner=old.token), 5)  # a restore: refused
+    assert await coordination.buffer.read(name) is None
+    assert await coordination.buffer.append(name, "m1", old.token, "c", 5) is not BufferWrite.OK
+    # Nor may it claim what the new owner starts next.
+    await coordination.buffer.start(name, draft("m2", owner=new.token), 5)
+    assert await coordination.buffer.claim(name, "m2", old.token, 5) is None
+    assert await coordination.buffer.append(name, "m2", new.token, "d", 5) is BufferWrite.OK
+    await new.release()

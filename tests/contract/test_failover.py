@@ -33,3 +33,30 @@ async def test_state_marked_locally_during_an_outage_is_not_lost_when_redis_retu
     finally:
         await redis.close()
         redis_server.stop()
+
+
+async def test_a_lock_cut_off_from_redis_is_not_lost_and_is_taken_back_when_redis_returns() -> None:
+    redis_server = RedisServer().start()
+    redis = RedisHandle(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    coordination = on_redis(redis)
+    try:
+        await redis.start()
+        lock = await coordination.locks.try_lock("c:1", 5)
+        assert lock is not None
+        redis_server.stop()
+        # Unreachable is not "someone else holds it": the caller must be able to tell.
+        with pytest.raises(CoordinationUnavailable):
+            await lock.renew()
+        redis_server.start()  # empty: the lock and its fence are gone
+        await redis.ping()
+        assert await lock.renew() is True  # re-established for its holder
+        assert await coordination.locks.try_lock("c:1", 5) is None
+        await lock.release()
+        later = await coordination.locks.try_lock("c:1", 5)
+        assert later is not None
+        # The fence restored by the renewal keeps growing past the holder's.
+        assert int(later.token.split(":")[0]) > int(lock.token.split(":")[0])
+        await later.release()
+    finally:
+        await redis.close()
+        redis_server.stop()

@@ -64,3 +64,37 @@ async def test_a_holder_whose_lock_vanished_untaken_keeps_it_by_renewing(
     assert await lock.renew() is True
     assert await coordination.locks.try_lock(name, 5) is None
     await lock.release()
+
+
+async def test_tokens_carry_a_fence_that_only_grows(coordination: Coordination, name: str) -> None:
+    """Each acquisition of a name gets a larger fence than every earlier one (even after the
+    lock expired, or Redis lost its data: fences follow the clock as well as a counter)."""
+    fences = []
+    for _ in range(3):
+        lock = await coordination.locks.try_lock(name, 5)
+        assert lock is not None
+        fences.append(fence_of(lock.token))
+        await lock.release()
+    assert fences == sorted(fences) and len(set(fences)) == 3
+    assert fences[0] > 1_600_000_000_000  # at least the time in ms, so a restart never rewinds
+
+
+async def test_a_lock_taken_by_another_is_never_recreated_for_its_old_holder(
+    coordination: Coordination, name: str
+) -> None:
+    # An instance paused past its TTL: another took the lock, finished and released it. The
+    # old holder coming back must not make the (now free) lock its own again.
+    old = await coordination.locks.try_lock(name, 0.2)
+    assert old is not None
+    await asyncio.sleep(0.35)
+    new = await coordination.locks.try_lock(name, 5)
+    assert new is not None and fence_of(new.token) > fence_of(old.token)
+    await new.release()
+    assert await old.renew() is False
+    taker = await coordination.locks.try_lock(name, 5)  # still free for anyone new
+    assert taker is not None
+    await taker.release()
+
+
+def fence_of(token: str) -> int:
+    return int(token.split(":", 1)[0])

@@ -224,10 +224,58 @@ async def test_what_the_joiners_history_had_is_not_delivered_again() -> None:
     await a.to_room(ROOM, message(1))
     await a.to_room(ROOM, message(2))
     await eventually(lambda: len(b._rooms[ROOM].order.held) == 2)
-    b.sync(ROOM, 1)  # its history already held 1
+    b.sync(ROOM, 1, joiner.id)  # its history already held 1
     await eventually(lambda: joiner.seqs() == [2])
     await a.to_room(ROOM, message(3))
     await eventually(lambda: joiner.seqs() == [2, 3])
+
+
+async def concurrent_joiners(store: Store) -> tuple[RoomHub, RoomHub, Recorder, Recorder]:
+    """Two joiners of one room on b, both still reading history, while a sends 1..4."""
+    a, b = await instances(store)
+    first, second = Recorder("first@b"), Recorder("second@b")
+    for joiner in (first, second):
+        b.attach(joiner)
+        await b.join(joiner.id, ROOM, ordered=True)
+    for seq in range(1, 5):
+        store.events[seq] = message(seq)
+        await a.to_room(ROOM, message(seq))
+    await eventually(lambda: len(b._rooms[ROOM].order.held) == 4)
+    return a, b, first, second
+
+
+async def test_the_later_joiner_syncing_first_gives_the_first_no_duplicate() -> None:
+    # The first joiner's read saw 1..3, the second's 1..1, and the second's answer came first.
+    a, b, first, second = await concurrent_joiners(Store())
+    b.sync(ROOM, 1, second.id)
+    await eventually(lambda: second.seqs() == [2, 3, 4])
+    assert first.seqs() == []  # still held for its own read
+    b.sync(ROOM, 3, first.id)
+    await eventually(lambda: first.seqs() == [4])
+    await a.to_room(ROOM, message(5))
+    await eventually(lambda: first.seqs() == [4, 5] and second.seqs() == [2, 3, 4, 5])
+
+
+async def test_an_older_read_still_gets_what_a_newer_one_made_the_room_skip() -> None:
+    # The first answer to come back had read up to 3: the room counts 1..3 as delivered, but
+    # the other joiner's read stopped at 1 and needs 2 and 3 live.
+    _, b, first, second = await concurrent_joiners(Store())
+    b.sync(ROOM, 3, first.id)
+    await eventually(lambda: first.seqs() == [4])
+    b.sync(ROOM, 1, second.id)
+    await eventually(lambda: second.seqs() == [2, 3, 4])
+
+
+async def test_a_joiner_behind_a_message_that_never_arrived_reads_it_from_the_store() -> None:
+    store = Store()
+    a, b, first, second = await concurrent_joiners(store)
+    store.events[5] = message(5)  # stored by a dead publisher: never arrives live
+    store.events[6] = message(6)
+    await a.to_room(ROOM, message(6))
+    b.sync(ROOM, 5, first.id)  # its read saw 5
+    await eventually(lambda: first.seqs() == [6])
+    b.sync(ROOM, 2, second.id)  # its read was older: 5 reached nobody's hold
+    await eventually(lambda: second.seqs() == [3, 4, 5, 6])
 
 
 async def test_a_join_that_never_syncs_releases_the_room(monkeypatch: object) -> None:

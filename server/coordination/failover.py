@@ -102,6 +102,12 @@ class FailoverReplyLocks:
         )
         return _GuardedLock(lock) if lock is not None else None
 
+    async def fenced_token(self, name: str) -> str:
+        return await self._degraded.either(
+            lambda: self._primary.fenced_token(name),
+            lambda: self._fallback.fenced_token(name),
+        )
+
 
 class FailoverReplyQueue:
     def __init__(self, primary: ReplyQueue, fallback: ReplyQueue, degraded: Degraded) -> None:

@@ -53,6 +53,17 @@ redis.call('SET', KEYS[2], fence, 'PX', ARGV[3])
 return 1
 """
 )
+_NEXT_FENCE = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local fence = redis.call('INCR', KEYS[1])
+if fence < now then
+  fence = now
+  redis.call('SET', KEYS[1], fence)
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return fence
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -92,6 +103,9 @@ class MemoryReplyLocks:
         token = new_token(self._fences.next(name))
         self._locks[name] = (token, now + ttl_seconds)
         return MemoryLock(self, name, token, ttl_seconds)
+
+    async def fenced_token(self, name: str) -> str:
+        return new_token(self._fences.next(name))
 
     def renew(self, name: str, token: str, ttl: float) -> bool:
         held = self._locks.get(name)
@@ -146,3 +160,7 @@ class RedisReplyLocks:
         token = token.decode() if isinstance(token, bytes) else str(token)
         assert fence_of(token) > 0
         return RedisLock(self._redis, keys, token, ttl_ms)
+
+    async def fenced_token(self, name: str) -> str:
+        fence = await self._redis.run(_NEXT_FENCE, [self._redis.key("fence", name)], [FENCE_TTL_MS])
+        return new_token(int(fence))

@@ -178,6 +178,12 @@ class ReplyLocks(Protocol):
 
     async def try_lock(self, name: str, ttl_seconds: float) -> Lock | None: ...
 
+    async def fenced_token(self, name: str) -> str:
+        """A token with the next fence of ``name``, without the lock: for a writer that takes
+        a reply from its holder (a human's takeover cuts it). Every older token, the
+        holder's included, can no longer write for the reply."""
+        ...
+
 
 class ReplyQueue(Protocol):
     """Whether a consultation has messages waiting for a reply."""

@@ -242,7 +242,9 @@ class ReplyService:
         buffered = await self._buffer.read(name)
         if buffered is None:
             return
-        owner = f"cut:{new_id()}"
+        # A newer fence than the streaming instance's: it can neither append nor put the
+        # buffer back once this has stored the reply.
+        owner = await self._locks.fenced_token(name)
         partial = await self._buffer.claim(name, buffered.message_id, owner, self._buffer_ttl)
         if partial is None:
             return

@@ -13,8 +13,13 @@
   construction). After the broker reconnects (Redis was down: whatever was published
   meanwhile never arrived), every room is checked against the store. Clients connected
   through an outage thus end up with every message, in order, without reconnecting.
-- **Joiners** of an ordered room each get their own hold: what arrives while their join reads
-  history waits for it, so nothing is sent both live and in the join's answer.
+- **Joiners** of an ordered room each get their own hold, the room's first joiner included:
+  what arrives while their join reads history waits for it, so nothing is sent both live and
+  in the join's answer. Concurrent joins read the store at different moments: when the first
+  history read ends the room's own hold, what it released as already stored still goes to the
+  joiners still reading, and a joiner whose read turns out older than what the room has
+  delivered since reads the difference from the store before its hold is released. Each
+  joiner thus gets every seq once, in its join's answer or live, in order.
 """
 
 from __future__ import annotations
@@ -140,12 +145,16 @@ class RoomHub:
                 state.subscribed = asyncio.ensure_future(
                     self.broker.subscribe(self.broker.room_channel(room))
                 )
-        elif ordered:
-            # Joining a room already here: its deliveries wait for its join's history read,
-            # so none is sent twice (live and in the join's answer).
-            state.waiting[connection_id] = []
+        if ordered:
+            # Its deliveries wait for its join's history read, so none is sent twice (live and
+            # in the join's answer) and none is missed. A read that never ends (the join
+            # failed) must not hold the member for long.
+            waited: list[Arrival[_Delivery]] = []
+            state.waiting[connection_id] = waited
             loop = asyncio.get_running_loop()
-            loop.call_later(SYNC_WAIT_SECONDS, self._release, state, connection_id, None)
+            loop.call_later(
+                SYNC_WAIT_SECONDS, self._release_stuck, room, state, connection_id, waited
+            )
         added = connection_id not in state.members
         state.members[connection_id] = member
         self._memberships.setdefault(connection_id, set()).add(room)
@@ -213,34 +222,102 @@ class RoomHub:
         state = self._rooms.get(room)
         if state is None:
             return
-        if connection_id is not None and connection_id in state.members:
-            state.floors[connection_id] = head_seq
-            self._release(state, connection_id, head_seq)
         if state.order.syncing:
             self._end_sync(room, state, head_seq)
-        elif state.order.behind(head_seq) and not state.filling:
+        if connection_id is not None and connection_id in state.members:
+            state.floors[connection_id] = head_seq
+            self._release(room, state, connection_id, head_seq)
+        if state.order.behind(head_seq) and not state.filling:
             self._start_fill(room, state)
 
-    def _release(self, state: _Room, connection_id: str, head_seq: int | None) -> None:
-        """A joiner's history read is done (or took too long): what waited for it goes out,
-        but what its join returned."""
-        waited = state.waiting.pop(connection_id, None)
-        member = state.members.get(connection_id)
-        if waited is None or member is None:
+    def _release(self, room: str, state: _Room, connection_id: str, head_seq: int) -> None:
+        """A joiner's history read is done: what waited for it goes out, but what its join
+        returned. If the room delivered messages after ``head_seq`` that never reached this
+        joiner's hold (its read was older than another joiner's), they are read from the
+        store first, and the hold lasts until then."""
+        waited = state.waiting.get(connection_id)
+        if waited is None:
             return
+        last = state.order.last_seq
+        held = {a.seq for a in waited if a.seq is not None}
+        if last is not None and any(s not in held for s in range(head_seq + 1, last + 1)):
+            task = asyncio.ensure_future(
+                self._release_after_reading(room, state, connection_id, waited, head_seq)
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._hand_over(state, connection_id, waited, head_seq)
+
+    async def _release_after_reading(
+        self,
+        room: str,
+        state: _Room,
+        connection_id: str,
+        waited: list[Arrival[_Delivery]],
+        head_seq: int,
+    ) -> None:
+        stored: list[ServerEvent] = []
+        if self._history is not None:
+            for attempt in range(FILL_ATTEMPTS):
+                try:
+                    stored = await self._history.missed(room, head_seq)
+                    break
+                except Exception as exc:
+                    log.warning("could not read %s's messages for a joiner: %s", room, exc)
+                    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+        if state.waiting.get(connection_id) is not waited:
+            return  # it left meanwhile
+        fill = [Arrival(_Delivery(Frame.of(event), None), _seq_of(event)) for event in stored]
+        self.gaps_filled += len(fill)
+        self._hand_over(state, connection_id, _merged(waited, fill), head_seq)
+
+    def _release_stuck(
+        self, room: str, state: _Room, connection_id: str, waited: list[Arrival[_Delivery]]
+    ) -> None:
+        """A join whose history read never said where the store is: deliver what waited."""
+        if state.waiting.get(connection_id) is waited:
+            log.warning("a join of %s never read its history: releasing its hold", room)
+            self._hand_over(state, connection_id, waited, None)
+
+    def _hand_over(
+        self,
+        state: _Room,
+        connection_id: str,
+        waited: list[Arrival[_Delivery]],
+        head_seq: int | None,
+    ) -> None:
+        """Deliver what waited for a joiner, each seq once and after ``head_seq``."""
+        if state.waiting.get(connection_id) is waited:
+            del state.waiting[connection_id]
+        member = state.members.get(connection_id)
+        if member is None:
+            return
+        sent = head_seq if head_seq is not None else 0
         for arrival in waited:
-            if arrival.seq is not None and head_seq is not None and arrival.seq <= head_seq:
-                continue
+            if arrival.seq is not None:
+                if arrival.seq <= sent:
+                    continue  # in the join's answer, or already handed over
+                sent = arrival.seq
             if connection_id != arrival.item.skip:
                 member.deliver(arrival.item.frame)
+        if head_seq is None and sent:
+            state.floors[connection_id] = max(state.floors.get(connection_id, 0), sent)
 
     def _end_sync(self, room: str, state: _Room, head_seq: int | None) -> None:
-        """The first joiner's history reaches ``head_seq`` (None: the join failed)."""
+        """The first history read of the room reaches ``head_seq`` (None: the join failed):
+        the room delivers from there. Joiners still reading history may need what the room
+        now counts as delivered (their reads may be older): it goes to their holds too."""
         if not state.order.syncing or self._rooms.get(room) is not state:
             return
         if state.timer is not None:
             state.timer.cancel()
             state.timer = None
+        if head_seq is not None and state.waiting:
+            older = [a for a in state.order.held if a.seq is not None and a.seq <= head_seq]
+            older.sort(key=lambda a: a.seq or 0)
+            for waited in state.waiting.values():
+                waited.extend(older)
         self._deliver(state, state.order.synced(head_seq))
         self._watch_gap(room, state)
 
@@ -347,6 +424,23 @@ class RoomHub:
                     await self._fill_from_store(room, state)
                 finally:
                     state.filling = False
+
+
+def _merged(
+    waited: list[Arrival[_Delivery]], stored: list[Arrival[_Delivery]]
+) -> list[Arrival[_Delivery]]:
+    """What waited, with messages read from the store put in seq order among it (each before
+    the first waiting message with a larger seq)."""
+    merged = list(waited)
+    for arrival in sorted(stored, key=lambda a: a.seq or 0):
+        if arrival.seq is None or any(a.seq == arrival.seq for a in merged):
+            continue
+        position = next(
+            (i for i, a in enumerate(merged) if a.seq is not None and a.seq > arrival.seq),
+            len(merged),
+        )
+        merged.insert(position, arrival)
+    return merged
 
 
 def _chunk_of(event: ServerEvent) -> tuple[str, int] | None:

@@ -105,3 +105,19 @@ async def test_an_owner_fenced_out_by_a_newer_lock_never_writes_again(
     assert await coordination.buffer.claim(name, "m2", old.token, 5) is None
     assert await coordination.buffer.append(name, "m2", new.token, "d", 5) is BufferWrite.OK
     await new.release()
+
+
+async def test_a_reply_cut_by_a_newer_fence_cannot_be_put_back_by_its_holder(
+    coordination: Coordination, name: str
+) -> None:
+    holder = await coordination.locks.try_lock(name, 5)
+    assert holder is not None
+    await coordination.buffer.start(name, draft(owner=holder.token), 5)
+    assert await coordination.buffer.append(name, "m1", holder.token, "a", 5) is BufferWrite.OK
+    cutter = await coordination.locks.fenced_token(name)  # an operator accepted
+    assert await coordination.buffer.claim(name, "m1", cutter, 5) is not None
+    assert await coordination.buffer.append(name, "m1", holder.token, "b", 5) is not BufferWrite.OK
+    await coordination.buffer.clear(name, "m1")  # the cut stored the reply
+    await coordination.buffer.start(name, draft(owner=holder.token), 5)
+    assert await coordination.buffer.read(name) is None
+    await holder.release()

@@ -98,3 +98,18 @@ async def test_a_lock_taken_by_another_is_never_recreated_for_its_old_holder(
 
 def fence_of(token: str) -> int:
     return int(token.split(":", 1)[0])
+
+
+async def test_a_fenced_token_outranks_the_holder_without_taking_the_lock(
+    coordination: Coordination, name: str
+) -> None:
+    # A human's takeover cuts the reply: its writer gets a newer fence than the holder's.
+    holder = await coordination.locks.try_lock(name, 5)
+    assert holder is not None
+    cutter = await coordination.locks.fenced_token(name)
+    assert fence_of(cutter) > fence_of(holder.token)
+    assert await coordination.locks.try_lock(name, 5) is None  # the lock is still held
+    await holder.release()
+    later = await coordination.locks.try_lock(name, 5)
+    assert later is not None and fence_of(later.token) > fence_of(cutter)
+    await later.release()

@@ -190,6 +190,17 @@ class ReplyInterrupted(AssistantUnavailable):
     default_message = "The assistant's reply was interrupted"
 
 
+class HistoryGap(AppError):
+    """Messages after ``afterSeq`` (up to ``beforeSeq`` when known) may be missing here: the
+    store could not be read to deliver them. The server keeps trying and delivers them in
+    order; a rejoin with ``lastSeq`` fetches them too (retryable)."""
+
+    code = "history_gap"
+    http_status = 503
+    retryable = True
+    default_message = "Some messages could not be delivered yet: they will follow"
+
+
 class InternalError(AppError):
     """A bug on our side; the connection stays up."""
 

@@ -48,6 +48,9 @@ class Store:
         self.reads += 1
         return [self.events[seq] for seq in sorted(self.events) if seq > after_seq]
 
+    async def head(self, room: str) -> int:
+        return max(self.events, default=0)
+
 
 def message(seq: int, text: str = "") -> UserMessage:
     stored = Message.new(KEY, Author.USER, text or f"m{seq}", user_id="u").model_copy(
@@ -162,7 +165,7 @@ async def test_resync_after_an_outage_delivers_what_was_stored_meanwhile() -> No
     for seq in (2, 3, 4):  # published while b was cut off: never arrived
         store.events[seq] = message(seq)
     await b.resync()
-    assert remote.seqs() == [1, 2, 3, 4]
+    await eventually(lambda: remote.seqs() == [1, 2, 3, 4])
     await a.to_room(ROOM, message(4))  # the outbox, sent late: nothing twice
     await a.to_room(ROOM, message(5))
     await eventually(lambda: remote.seqs() == [1, 2, 3, 4, 5])

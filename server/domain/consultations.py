@@ -221,3 +221,10 @@ class StoredHistory:
             return []
         messages = await self._store.after(key, after_seq, self._page_size)
         return [message_event(m) for m in messages]
+
+    async def head(self, room: str) -> int:
+        key = ConsultationKey.from_room(room)
+        if key is None:
+            return 0
+        newest = await self._store.recent(key, 1)
+        return newest[-1].seq if newest else 0

@@ -28,11 +28,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..broker import Broker
-from ..domain.events import AiChunk, ServerEvent
+from ..domain.events import AiChunk, ErrorEvent, ServerEvent
+from ..domain.models import ConsultationKey
+from ..errors import HistoryGap
 from .frames import Frame
 from .ordering import Arrival, RoomOrder
 
@@ -40,7 +44,12 @@ log = logging.getLogger(__name__)
 
 HOLD_SECONDS = 0.5  # how long a message waits for a missing one before the store is asked
 SYNC_WAIT_SECONDS = 5.0  # a first join that never syncs (it failed) releases the room
-FILL_ATTEMPTS = 8
+FILL_ATTEMPTS = 8  # reads that succeed but still lack a message, before giving up on it
+RETRY_MAX_SECONDS = 5.0  # backoff cap while the store cannot be read
+HEAD_CHECK_SECONDS = 2.0  # a quiet room's stored head is compared with what it delivered
+ACTIVE_SECONDS = 60.0  # ... this long after its last activity
+HEAD_CHECK_BATCH = 50  # store reads at once
+MAX_HELD = 1000  # messages held behind a gap before the room delivers past it
 
 
 class Member(Protocol):
@@ -61,6 +70,10 @@ class History(Protocol):
         """The room's stored messages after ``after_seq``, as the events that broadcast them."""
         ...
 
+    async def head(self, room: str) -> int:
+        """The newest stored seq of the room (0 when none)."""
+        ...
+
 
 @dataclass(frozen=True)
 class _Delivery:
@@ -77,6 +90,8 @@ class _Room:
     filling: bool = False
     floors: dict[str, int] = field(default_factory=dict)  # member -> seq its join returned
     waiting: dict[str, list[Arrival[_Delivery]]] = field(default_factory=dict)  # not synced
+    active_at: float = field(default_factory=time.monotonic)  # last arrival or join
+    told: tuple[int, int | None] | None = None  # the gap its members were told about
 
 
 class RoomHub:
@@ -102,6 +117,8 @@ class RoomHub:
 
     async def start(self) -> None:
         await self.broker.start(self.instance_id, self._receive, self.resync)
+        if self.broker.distributed and self._history is not None:
+            self._spawn(self._watch_heads())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -155,6 +172,7 @@ class RoomHub:
             loop.call_later(
                 SYNC_WAIT_SECONDS, self._release_stuck, room, state, connection_id, waited
             )
+        state.active_at = time.monotonic()
         added = connection_id not in state.members
         state.members[connection_id] = member
         self._memberships.setdefault(connection_id, set()).add(room)
@@ -258,14 +276,17 @@ class RoomHub:
         head_seq: int,
     ) -> None:
         stored: list[ServerEvent] = []
-        if self._history is not None:
-            for attempt in range(FILL_ATTEMPTS):
-                try:
-                    stored = await self._history.missed(room, head_seq)
-                    break
-                except Exception as exc:
-                    log.warning("could not read %s's messages for a joiner: %s", room, exc)
-                    await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+        attempt = 0
+        while self._history is not None and state.waiting.get(connection_id) is waited:
+            try:
+                stored = await self._history.missed(room, head_seq)
+                break
+            except Exception as exc:
+                log.warning("could not read %s's messages for a joiner: %s", room, exc)
+                if attempt == 0:
+                    self._tell_gap(room, state, head_seq, state.order.last_seq, connection_id)
+                await asyncio.sleep(min(0.2 * 2**attempt, RETRY_MAX_SECONDS))
+                attempt += 1
         if state.waiting.get(connection_id) is not waited:
             return  # it left meanwhile
         fill = [Arrival(_Delivery(Frame.of(event), None), _seq_of(event)) for event in stored]
@@ -345,6 +366,7 @@ class RoomHub:
     # -- ordering -------------------------------------------------------------------------------
 
     def _arrive(self, room: str, state: _Room, arrival: Arrival[_Delivery]) -> None:
+        state.active_at = time.monotonic()
         self._deliver(state, state.order.arrive(arrival))
         self._watch_gap(room, state)
 
@@ -387,20 +409,79 @@ class RoomHub:
         task.add_done_callback(self._tasks.discard)
 
     async def _fill_gap(self, room: str, state: _Room) -> None:
+        """Read what the room lacks from the store. While the store cannot be read, the
+        room's members are told (``error`` ``history_gap``, retryable) and the reads go on
+        with backoff until one succeeds; a gap the store itself does not close, or one that
+        holds more than MAX_HELD messages, is delivered past (with the same signal)."""
         try:
-            for attempt in range(FILL_ATTEMPTS):
-                if await self._fill_from_store(room, state):
+            failures = reads = 0
+            while self._rooms.get(room) is state:
+                filled = await self._fill_from_store(room, state)
+                if filled is True:
+                    state.told = None
                     return
-                await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
-            # The store cannot say what is missing: deliver what was held rather than hold
-            # the room forever; rejoining with lastSeq still recovers the rest.
-            log.warning("gap in %s not filled from the store: delivering what was held", room)
-            self._deliver(state, state.order.give_up())
+                if filled is None:  # the store could not be read
+                    if failures == 0:
+                        self._tell_gap(room, state, *self._gap_range(state))
+                    failures += 1
+                else:
+                    reads += 1
+                if reads >= FILL_ATTEMPTS or len(state.order.held) > MAX_HELD:
+                    self._give_up(room, state)
+                    return
+                await asyncio.sleep(min(0.2 * 2 ** min(failures + reads, 5), RETRY_MAX_SECONDS))
         finally:
             state.filling = False
 
-    async def _fill_from_store(self, room: str, state: _Room) -> bool:
-        """Deliver the stored messages this instance missed; True when no gap is left."""
+    def _give_up(self, room: str, state: _Room) -> None:
+        """Deliver past the gap, and say which messages the members lack: a rejoin with
+        ``lastSeq`` fetches them."""
+        after, until = self._gap_range(state)
+        log.warning("gap in %s after seq %s not filled: delivering past it", room, after)
+        self._tell_gap(room, state, after, until, force=True)
+        self._deliver(state, state.order.give_up())
+
+    @staticmethod
+    def _gap_range(state: _Room) -> tuple[int, int | None]:
+        """(the last seq delivered, the first one held or None when unknown)."""
+        last = state.order.last_seq or 0
+        first_held = next((a.seq for a in state.order.held if a.seq is not None), None)
+        return last, first_held
+
+    def _tell_gap(
+        self,
+        room: str,
+        state: _Room,
+        after_seq: int,
+        before_seq: int | None,
+        connection_id: str | None = None,
+        *,
+        force: bool = False,
+    ) -> None:
+        """``error {code: "history_gap", afterSeq, beforeSeq?, retryable}`` to the room's
+        members here (or one joiner): messages after ``afterSeq`` may be missing until the
+        store answers again; this instance keeps trying and delivers them in order."""
+        key = ConsultationKey.from_room(room)
+        if key is None:
+            return
+        if connection_id is None:
+            if state.told == (after_seq, before_seq) and not force:
+                return
+            state.told = (after_seq, before_seq)
+        details: dict[str, Any] = {"consultationId": key.consultation_id, "afterSeq": after_seq}
+        if before_seq is not None:
+            details["beforeSeq"] = before_seq
+        event = ErrorEvent.model_validate(HistoryGap(**details).to_wire())
+        frame = Frame.of(event)
+        targets = [connection_id] if connection_id is not None else list(state.members)
+        for target in targets:
+            member = state.members.get(target)
+            if member is not None:
+                member.deliver(frame)
+
+    async def _fill_from_store(self, room: str, state: _Room) -> bool | None:
+        """Deliver the stored messages this instance missed: True when no gap is left,
+        False when one is (the store lacks it), None when the store could not be read."""
         last = state.order.last_seq
         if self._history is None or last is None:
             return True
@@ -408,7 +489,7 @@ class RoomHub:
             stored = await self._history.missed(room, last)
         except Exception as exc:
             log.warning("could not read %s's missed messages: %s", room, exc)
-            return False
+            return None
         arrivals = [Arrival(_Delivery(Frame.of(event), None), _seq_of(event)) for event in stored]
         delivered, from_store = state.order.fill(arrivals)
         self.gaps_filled += from_store
@@ -416,14 +497,48 @@ class RoomHub:
         return not state.order.gap
 
     async def resync(self) -> None:
-        """Check every room with local members against the store (after a broker outage)."""
+        """After a broker outage (whatever was published meanwhile never arrived): every room
+        with local members is checked against the store, retried until the store answers."""
         for room, state in list(self._rooms.items()):
             if state.order.last_seq is not None and not state.filling:
                 state.filling = True
-                try:
-                    await self._fill_from_store(room, state)
-                finally:
-                    state.filling = False
+                self._spawn(self._fill_gap(room, state))
+
+    async def _watch_heads(self) -> None:
+        """A member never stays behind a stored message in a quiet room: a message whose
+        publisher died after storing it is announced by no one, so rooms quiet for a moment
+        (and active within ACTIVE_SECONDS) have their stored head compared with what they
+        delivered; one behind fills from the store."""
+        assert self._history is not None
+        history = self._history
+        while True:
+            await asyncio.sleep(HEAD_CHECK_SECONDS)
+            now = time.monotonic()
+            quiet = [
+                (room, state)
+                for room, state in list(self._rooms.items())
+                if state.order.last_seq is not None
+                and not state.filling
+                and not state.order.syncing
+                and HEAD_CHECK_SECONDS <= now - state.active_at <= ACTIVE_SECONDS
+            ]
+            for start in range(0, len(quiet), HEAD_CHECK_BATCH):
+                batch = quiet[start : start + HEAD_CHECK_BATCH]
+                heads = await asyncio.gather(
+                    *(history.head(room) for room, _ in batch), return_exceptions=True
+                )
+                for (room, state), head in zip(batch, heads, strict=True):
+                    if isinstance(head, BaseException):
+                        continue  # the store is away: the next round asks again
+                    last = state.order.last_seq
+                    behind = last is not None and head > last and not state.order.held
+                    if behind and not state.filling and self._rooms.get(room) is state:
+                        self._start_fill(room, state)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 def _merged(

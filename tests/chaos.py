@@ -1,13 +1,15 @@
 """The chaos run (``scripts/chaos``): nothing a user saw is lost while instances, Redis and
-MongoDB die under load.
+MongoDB die, pause and restart under load.
 
 Three ``python -m server`` instances behind the real nginx (``deploy/nginx.conf``), SecantusDB
-on disk, redis-server and the fake LLM; 30 clients (python-socketio, through nginx) in 10
-consultations send questions with a ``clientMessageId`` and retry on errors as a careful
-frontend does, reconnecting and rejoining with ``lastSeq``. Meanwhile an instance is SIGKILLed
-and restarted every ~30 s, Redis is restarted (empty) once and MongoDB once. At the end every
-client's view is compared with the store and a table is printed; the run fails when anything
-that must be zero is not.
+on disk, redis-server and the fake LLM; 30 Socket.IO clients (python-socketio) and 10 plain
+WebSocket clients (``/ws/chat``), all through nginx, in 10 consultations send questions with a
+``clientMessageId`` and retry on errors as a careful frontend does, reconnecting and rejoining
+with ``lastSeq``. Meanwhile an instance is SIGKILLed and restarted every ~30 s, one is paused
+(SIGSTOP) for longer than the reply lock's TTL and resumed every ~45 s, Redis restarts (empty)
+every ~2 min and MongoDB every ~2.5 min (each at least once), and a WebSocket client stops
+reading for a while every ~20 s. At the end every client's view is compared with the store and
+a table is printed; the run fails when anything that must be zero is not.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import json
 import logging
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -77,6 +80,9 @@ class Client:
     trace: list[tuple[float, str, int]] = field(default_factory=list)  # (time, how, seq)
     retries: int = 0
     errors: dict[str, int] = field(default_factory=dict)
+    replies_seen: set[str] = field(default_factory=set)  # ids of replies seen streaming
+    delivered: int = 0  # stored messages received live
+    sent: int = 0  # messages it set out to send (each with its own clientMessageId)
     _lost_at: float | None = None
     _joined: bool = False
     _ever_connected: bool = False
@@ -91,6 +97,7 @@ class Client:
         )
         for event in ("userMessage", "aiMessage"):
             self.sio.on(event, self._stored, namespace=NAMESPACE)
+        self.sio.on("aiChunk", self._chunk, namespace=NAMESPACE)
         self.sio.on("connect", self._up.set, namespace=NAMESPACE)
         self.sio.on("disconnect", self._disconnected, namespace=NAMESPACE)
 
@@ -99,9 +106,13 @@ class Client:
 
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(self.source_ip, 0)))
 
+    async def _chunk(self, chunk: dict[str, Any]) -> None:
+        self.replies_seen.add(chunk["messageId"])
+
     async def _stored(self, message: dict[str, Any]) -> None:
         if message.get("consultationId") != self.consultation:
             return
+        self.delivered += 1
         if self.view.get(message["seq"]) == message["id"] and self._joined:
             self.live_twice += 1
             self.trace.append((time.monotonic(), "live again", message["seq"]))
@@ -176,6 +187,7 @@ class Client:
 
     async def send(self, content: str, stop: asyncio.Event) -> None:
         """Send until acknowledged, with one clientMessageId: retries are idempotent."""
+        self.sent += 1
         client_id = uuid.uuid4().hex
         payload = {
             "consultationId": self.consultation,
@@ -214,6 +226,196 @@ class Client:
         self.trace.append((time.monotonic(), f"error {what}", 0))
 
 
+class RawClient:
+    """A careful ``/ws/chat`` frontend (the ``websockets`` library): reconnects, rejoins with
+    ``lastSeq``, sends with a ``clientMessageId`` until acknowledged. ``stall`` stops reading
+    for a while, as a frozen browser tab does."""
+
+    def __init__(self, name: str, consultation: str, url: str, source_ip: str) -> None:
+        self.name = name
+        self.source_ip = source_ip  # nginx hashes client addresses over the instances
+        self.consultation = consultation
+        self.url = url.replace("http://", "ws://") + "/ws/chat?token=" + token(consultation)
+        self.view: dict[int, str] = {}
+        self.acked: dict[str, str] = {}
+        self.live_twice = 0
+        self.recoveries: list[float] = []
+        self.trace: list[tuple[float, str, int]] = []
+        self.retries = 0
+        self.errors: dict[str, int] = {}
+        self.replies_seen: set[str] = set()
+        self.delivered = 0
+        self.sent = 0
+        self.stalls = 0
+        self._ws: Any = None
+        self._joined = asyncio.Event()
+        self._acks: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._lost_at: float | None = None
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._closed = asyncio.Event()  # the run is over and settled: stop reconnecting
+        self._connection: asyncio.Future[None] | None = None
+
+    contiguous = Client.contiguous
+    _count = Client._count
+
+    async def connection(self) -> None:
+        """Stay connected and joined until :meth:`close` (through the settling after the
+        load stops, as the Socket.IO clients do)."""
+        import websockets
+
+        stop = self._closed
+        while not stop.is_set():
+            try:
+                async with websockets.connect(
+                    self.url, open_timeout=5, max_size=None, local_addr=(self.source_ip, 0)
+                ) as ws:
+                    self._ws = ws
+                    await self._serve(ws, stop)
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                self._count(f"connection: {type(exc).__name__}")
+            self._ws = None
+            self._joined.clear()
+            for future in self._acks.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("closed"))
+            self._acks.clear()
+            if self._lost_at is None:
+                self._lost_at = time.monotonic()
+            self.trace.append((time.monotonic(), "disconnected", 0))
+            if not stop.is_set():
+                await asyncio.sleep(BACKOFF_SECONDS)
+
+    async def _serve(self, ws: Any, stop: asyncio.Event) -> None:
+        reader = asyncio.ensure_future(self._read(ws))
+        try:
+            while not stop.is_set() and not reader.done():
+                ack = await self._call("joinConsultation", {
+                    "consultationId": self.consultation, "lastSeq": self.contiguous(),
+                })  # fmt: skip
+                if ack is None:
+                    return
+                if not ack.get("ok"):
+                    self._count(ack["error"]["code"])
+                    await asyncio.sleep(BACKOFF_SECONDS)
+                    continue
+                for message in ack["messages"]:
+                    self.view[message["seq"]] = message["id"]
+                    self.trace.append((time.monotonic(), "join", message["seq"]))
+                self._joined.set()
+                if self._lost_at is not None:
+                    self.recoveries.append(time.monotonic() - self._lost_at)
+                    self._lost_at = None
+                await first_of(stop, _done(reader))
+                return
+        finally:
+            reader.cancel()
+
+    async def _read(self, ws: Any) -> None:
+        async for text in ws:
+            await self._reading.wait()  # stalled: the frames wait in the socket
+            frame = json.loads(text)
+            event, data = frame.get("event"), frame.get("data")
+            if event == "ack":
+                future = self._acks.pop(frame.get("id"), None)
+                if future is not None and not future.done():
+                    future.set_result(data)
+            elif event in ("userMessage", "aiMessage"):
+                self._stored(data)
+            elif event == "aiChunk":
+                self.replies_seen.add(data["messageId"])
+
+    def _stored(self, message: dict[str, Any]) -> None:
+        if message.get("consultationId") != self.consultation:
+            return
+        self.delivered += 1
+        if self.view.get(message["seq"]) == message["id"] and self._joined.is_set():
+            self.live_twice += 1
+            self.trace.append((time.monotonic(), "live again", message["seq"]))
+        else:
+            self.trace.append((time.monotonic(), "live", message["seq"]))
+        self.view[message["seq"]] = message["id"]
+
+    async def _call(self, event: str, data: dict[str, Any]) -> dict[str, Any] | None:
+        """The ack, or None when the connection went away or it timed out."""
+        ws = self._ws
+        if ws is None:
+            return None
+        self._next_id += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._acks[self._next_id] = future
+        try:
+            await ws.send(json.dumps({"event": event, "data": data, "id": self._next_id}))
+            return await asyncio.wait_for(future, 5)
+        except Exception:
+            self._count("timeout or disconnect")
+            return None
+
+    async def send(self, content: str, stop: asyncio.Event) -> None:
+        self.sent += 1
+        client_id = uuid.uuid4().hex
+        payload = {
+            "consultationId": self.consultation,
+            "content": content,
+            "clientMessageId": client_id,
+        }
+        while not stop.is_set():
+            await first_of(self._joined, stop)
+            if stop.is_set():
+                return
+            ack = await self._call("sendMessage", payload)
+            if ack is not None and ack.get("ok"):
+                message = ack["message"]
+                self.acked[client_id] = message["id"]
+                self.view[message["seq"]] = message["id"]
+                return
+            if ack is not None:
+                self._count(ack["error"]["code"])
+            self.retries += 1
+            await asyncio.sleep(0.3)
+
+    async def run(self, stop: asyncio.Event, rng: random.Random) -> None:
+        self._connection = asyncio.ensure_future(self.connection())
+        n = 0
+        while not stop.is_set():
+            await self.send(f"{self.name} question {n}", stop)
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), rng.uniform(1.5, 3.5))
+
+    async def stall(self, seconds: float) -> None:
+        """Stop reading for ``seconds`` (what arrives waits in the socket, then the server's
+        outbox; past OUTBOX_MAX_BYTES the server closes it and it reconnects)."""
+        self.stalls += 1
+        self._reading.clear()
+        self.trace.append((time.monotonic(), "stalled", 0))
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._reading.set()
+
+    async def close(self) -> None:
+        self._closed.set()
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+        if self._connection is not None:
+            self._connection.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._connection
+
+
+def _done(task: asyncio.Future[Any]) -> asyncio.Event:
+    """An event set when ``task`` ends."""
+    event = asyncio.Event()
+    task.add_done_callback(lambda _: event.set())
+    return event
+
+
+Viewer = Client | RawClient
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -250,7 +452,7 @@ async def start_stack(workdir: Path) -> Stack:
         "OPENAI_API_KEY": "sk-chaos",
         "OPENAI_BASE_URL": fake.url,
         "AI_MODELS": "slow-25",
-        "AI_LOCK_TTL_SECONDS": "3",
+        "AI_LOCK_TTL_SECONDS": str(LOCK_TTL_SECONDS),
         "RATE_LIMIT_MESSAGES": "100000",
         "MAX_CONNECTIONS_PER_USER": "1000",
         "LOG_LEVEL": "INFO",
@@ -265,15 +467,41 @@ async def start_stack(workdir: Path) -> Stack:
     return Stack(workdir, fake, mongo, redis, apps, nginx)
 
 
-async def chaos(stack: Stack, seconds: float, rng: random.Random) -> None:
-    """Kill and restart an instance every ~30 s; restart Redis once and MongoDB once."""
-    plan: list[tuple[float, str]] = [(seconds * 0.4, "redis"), (seconds * 0.65, "mongo")]
-    kill_at = min(15.0, seconds / 4)
-    while kill_at < seconds - 8:
-        plan.append((kill_at, "kill"))
-        kill_at += 30
-    for at, what in sorted(plan):
+LOCK_TTL_SECONDS = 3.0
+PAUSE_SECONDS = 2 * LOCK_TTL_SECONDS + 1  # past the TTL: its replies are taken over
+STALL_SECONDS = 8.0
+
+
+def chaos_plan(seconds: float) -> list[tuple[float, str]]:
+    """When each blow lands: kills every ~30 s, pauses every ~45 s, Redis restarts every
+    ~2 min and MongoDB every ~2.5 min (each at least once), client stalls every ~20 s."""
+
+    def every(first: float, period: float, what: str) -> list[tuple[float, str]]:
+        times = []
+        at = first
+        while at < seconds - 8:
+            times.append((at, what))
+            at += period
+        return times
+
+    return sorted(
+        every(min(15.0, seconds / 4), 30, "kill")
+        + every(min(25.0, seconds * 0.4), 45, "pause")
+        + every(min(50.0, seconds * 0.4), 120, "redis")
+        + every(min(80.0, seconds * 0.65), 150, "mongo")
+        + every(10.0, 20, "stall")
+    )
+
+
+async def chaos(
+    stack: Stack, seconds: float, rng: random.Random, stallable: list[RawClient]
+) -> dict[str, int]:
+    """Deal the blows of :func:`chaos_plan`; return how many of each landed."""
+    landed: dict[str, int] = {}
+    background: list[asyncio.Task[None]] = []
+    for at, what in chaos_plan(seconds):
         await asyncio.sleep(max(0.0, stack.started + at - time.monotonic()))
+        landed[what] = landed.get(what, 0) + 1
         if what == "kill":
             app = rng.choice(stack.apps)
             app.kill()
@@ -281,18 +509,32 @@ async def chaos(stack: Stack, seconds: float, rng: random.Random) -> None:
             await asyncio.sleep(2)
             await asyncio.to_thread(app.start)
             stack.note(f"instance on :{app.port} restarted")
+        elif what == "pause":
+            app = rng.choice(stack.apps)
+            assert app.process is not None
+            app.process.send_signal(signal.SIGSTOP)
+            stack.note(f"SIGSTOP instance on :{app.port} for {PAUSE_SECONDS:.0f} s")
+            await asyncio.sleep(PAUSE_SECONDS)
+            app.process.send_signal(signal.SIGCONT)
+            stack.note(f"SIGCONT instance on :{app.port}")
         elif what == "redis":
             stack.redis.stop()
             stack.note("Redis stopped")
             await asyncio.sleep(2)
             await asyncio.to_thread(stack.redis.start)
             stack.note("Redis restarted (empty)")
-        else:
+        elif what == "mongo":
             stack.mongo.terminate()
             stack.note("MongoDB stopped")
             await asyncio.sleep(2)
             await asyncio.to_thread(stack.mongo.start)
             stack.note("MongoDB restarted")
+        elif stallable:
+            client = rng.choice(stallable)
+            stack.note(f"{client.name} stops reading for {STALL_SECONDS:.0f} s")
+            background.append(asyncio.create_task(client.stall(STALL_SECONDS)))
+    await asyncio.gather(*background)
+    return landed
 
 
 async def stored_messages(mongo_url: str) -> dict[str, list[dict[str, Any]]]:
@@ -315,7 +557,7 @@ def unanswered(messages: list[dict[str, Any]]) -> int:
 
 
 async def settle(
-    clients: list[Client], stack: Stack, timeout: float
+    clients: list[Viewer], stack: Stack, timeout: float
 ) -> dict[str, list[dict[str, Any]]]:
     """Wait for the last replies and deliveries; return what the store holds."""
     deadline = time.monotonic() + timeout
@@ -331,7 +573,11 @@ async def settle(
 
 
 def report(
-    clients: list[Client], store: dict[str, list[dict[str, Any]]], stack: Stack, seconds: float
+    clients: list[Viewer],
+    store: dict[str, list[dict[str, Any]]],
+    stack: Stack,
+    seconds: float,
+    landed: dict[str, int],
 ) -> tuple[list[tuple[str, Any]], bool]:
     acked = {cid: mid for c in clients for cid, mid in c.acked.items()}
     stored = [m for messages in store.values() for m in messages]
@@ -343,25 +589,41 @@ def report(
     missing = [cid for cid, mid in acked.items() if mid not in stored_ids]
     duplicates = sum(n - 1 for n in by_client_id.values()) + len(stored) - len(stored_ids)
     duplicates += sum(c.live_twice for c in clients)
+    gaps = sum(len(set(_expected(store, c)) - set(c.view)) for c in clients)
     differing = [c for c in clients if c.view != _expected(store, c)]
     explain(clients, store, stack, differing)
     questions_left = sum(unanswered(messages) for messages in store.values())
+    started = {reply for c in clients for reply in c.replies_seen}
+    replies = {str(m["_id"]) for m in stored if m["role"] == "assistant"}
     takeovers = sum(app.log().count("taking over reply") for app in stack.apps)
     recoveries = [r for c in clients for r in c.recoveries]
     must_be_zero = {
         "acked but missing from the store": len(missing),
         "duplicates (stored or delivered twice)": duplicates,
+        "gaps (stored messages missing from a client's final view)": gaps,
         "clients whose final view differs from the store": len(differing),
         "questions left without an answer": questions_left,
+        "replies seen streaming but never stored": len(started - replies),
     }
+    socketio_clients = sum(isinstance(c, Client) for c in clients)
     rows: list[tuple[str, Any]] = [
         ("run (s)", round(seconds)),
-        ("clients / consultations", f"{len(clients)} / {len({c.consultation for c in clients})}"),
+        (
+            "clients (Socket.IO + WebSocket) / consultations",
+            f"{socketio_clients} + {len(clients) - socketio_clients}"
+            f" / {len({c.consultation for c in clients})}",
+        ),
+        ("messages sent", sum(c.sent for c in clients)),
         ("messages acked", len(acked)),
         ("user messages stored", sum(1 for m in stored if m["role"] == "user")),
-        ("assistant replies stored", sum(1 for m in stored if m["role"] == "assistant")),
+        ("stored messages delivered live", sum(c.delivered for c in clients)),
+        ("replies seen streaming", len(started)),
+        ("assistant replies stored", len(replies)),
         *must_be_zero.items(),
-        ("replies taken over after a kill", takeovers),
+        ("instances killed / paused", f"{landed.get('kill', 0)} / {landed.get('pause', 0)}"),
+        ("Redis / MongoDB restarts", f"{landed.get('redis', 0)} / {landed.get('mongo', 0)}"),
+        ("client stalls", landed.get("stall", 0)),
+        ("replies taken over (kill or pause)", takeovers),
         ("sends retried after an error", sum(c.retries for c in clients)),
         ("reconnections", len(recoveries)),
         ("longest recovery (s)", round(max(recoveries, default=0.0), 1)),
@@ -369,15 +631,15 @@ def report(
     return rows, all(value == 0 for value in must_be_zero.values())
 
 
-def _expected(store: dict[str, list[dict[str, Any]]], client: Client) -> dict[int, str]:
+def _expected(store: dict[str, list[dict[str, Any]]], client: Viewer) -> dict[int, str]:
     return {m["seq"]: str(m["_id"]) for m in store.get(client.consultation, [])}
 
 
 def explain(
-    clients: list[Client],
+    clients: list[Viewer],
     store: dict[str, list[dict[str, Any]]],
     stack: Stack,
-    differing: list[Client],
+    differing: list[Viewer],
 ) -> None:
     """Traces for what went wrong: missing messages, repeats, the slowest recovery."""
     for c in differing:
@@ -419,31 +681,38 @@ async def run(
     rng = random.Random(seed)
     workdir = workdir or Path(tempfile.mkdtemp(prefix="chaos-"))
     stack = await start_stack(workdir)
-    clients = [
+    socketio_clients = [
         Client(f"client-{i}", f"consultation-{i % 10}", stack.nginx.url, f"127.0.0.{10 + i}")
         for i in range(30)
     ]
+    raw_clients = [
+        RawClient(f"ws-client-{i}", f"consultation-{i % 10}", stack.nginx.url, f"127.0.0.{50 + i}")
+        for i in range(10)
+    ]
+    clients: list[Viewer] = [*socketio_clients, *raw_clients]
     stop = asyncio.Event()
     try:
         stack.started = time.monotonic()
         stack.note("load starts")
         senders = [asyncio.create_task(c.run(stop, rng)) for c in clients]
-        await chaos(stack, seconds, rng)
+        landed = await chaos(stack, seconds, rng, raw_clients)
         await asyncio.sleep(max(0.0, stack.started + seconds - time.monotonic()))
         stop.set()
         stack.note("load stops; settling")
         await asyncio.gather(*senders, return_exceptions=True)
-        store = await settle(clients, stack, timeout=45)
+        store = await settle(clients, stack, timeout=60)
         stack.note("settled")
-        rows, ok = report(clients, store, stack, seconds)
+        rows, ok = report(clients, store, stack, seconds, landed)
         return markdown(rows, stack.events), ok
     finally:
-        for client in clients:
+        for client in socketio_clients:
             with contextlib.suppress(Exception):
                 await client.sio.disconnect()
             http = getattr(client.sio.eio, "http", None)
             if http is not None and not http.closed:
                 await http.close()
+        for raw in raw_clients:
+            await raw.close()
         stack.nginx.stop()
         for app in stack.apps:
             app.stop()
@@ -454,13 +723,16 @@ async def run(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=180, help="length of the run")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, help="length of the run (default 180)")
+    length.add_argument("--minutes", type=float, help="length of the run, in minutes")
     parser.add_argument("--seed", type=int, help="for a reproducible choice of victims")
     parser.add_argument("--json", action="store_true", help="print the table as JSON too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    table, ok = asyncio.run(run(args.seconds, seed=args.seed))
+    seconds = args.minutes * 60 if args.minutes else (args.seconds or 180.0)
+    table, ok = asyncio.run(run(seconds, seed=args.seed))
     print("\n" + table)
     if args.json:
         print(json.dumps({"ok": ok}))

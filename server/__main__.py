@@ -6,15 +6,17 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import signal
 import sys
 from datetime import timedelta
 
 from aiohttp import web
 
-from .app import authenticator, create_app, describe_mode, new_instance_id
+from .app import COMPONENTS, authenticator, create_app, describe_mode, new_instance_id
 from .config import ConfigError, Settings
 from .domain.models import Role
 from .observability import logs
+from .terminal import COMMANDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--role", default=Role.USER.value, choices=[r.value for r in Role])
     token.add_argument("--name")
     token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
-    chat = commands.add_parser("chat", help="a terminal client (type to send, /quit to leave)")
+    chat = commands.add_parser(
+        "chat",
+        help="a terminal client (type to send, /quit to leave)",
+        description="A terminal client of namespace /chat: type a line to send it.",
+        epilog="while chatting: "
+        + "; ".join(f"{name}: {what}" for name, what in COMMANDS.items())
+        + ". A line starting with // is sent with one slash.",
+    )
     chat.add_argument("--url", default="http://127.0.0.1:8080", help="the server's base URL")
     chat.add_argument("--consultation", required=True, help="the consultation to join")
     chat.add_argument("--token", help="a JWT (JWT mode)")
@@ -57,7 +66,8 @@ def _serve(settings: Settings) -> int:
     for level, line in describe_mode(settings):
         log.log(level, line)
     try:
-        app = create_app(settings)
+        # A start-up that cannot complete ends like a SIGTERM (a clean shutdown), then exit 1.
+        app = create_app(settings, on_fatal=lambda: signal.raise_signal(signal.SIGTERM))
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
@@ -72,7 +82,7 @@ def _serve(settings: Settings) -> int:
         access_log=None,
         shutdown_timeout=3,  # clients were already disconnected by the drain
     )
-    return 0
+    return 1 if app[COMPONENTS].fatal else 0
 
 
 def tune_gc() -> None:

@@ -87,6 +87,10 @@ class Components:
     handoff: HandoffService
     metrics: PrometheusMetrics
     metrics_endpoint: MetricsEndpoint
+    on_fatal: Callable[[], None] | None = None  # how the process ends on a fatal start-up
+    fatal: str | None = None  # why it did
+    store_failure: str | None = None  # the last reason the store could not be started
+    store_started: bool = False
     resources: list[Resource] = field(default_factory=list)
     probes: dict[str, Probe] = field(default_factory=dict)
 
@@ -348,8 +352,8 @@ def build(
             await endpoint.listen(settings.metrics_host, port)
 
         components.resources.append(Resource("metrics listener", start_metrics, endpoint.close))
-    components.probes["storage"] = lambda: _check(store.ping())
-    components.resources.append(Resource("store", store.start, store.close))
+    components.probes["storage"] = lambda: _storage_probe(components, store)
+    components.resources.append(_store_resource(components, store))
     if redis is not None:
         _distributed(components, redis)
     components.resources.append(Resource("fan-out", hub.start, hub.stop))
@@ -412,9 +416,16 @@ def _admin_ui(sio: socketio.AsyncServer, settings: Settings, instance_id: str) -
 
 
 def create_app(
-    settings: Settings, *, store: Store | None = None, assistant: Assistant | None = None
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    assistant: Assistant | None = None,
+    on_fatal: Callable[[], None] | None = None,
 ) -> web.Application:
+    """The application; ``on_fatal`` ends the process when start-up cannot complete (a
+    dependency unreachable past STARTUP_TIMEOUT_SECONDS): ``python -m server`` passes one."""
     components = build(settings, store=store, assistant=assistant)
+    components.on_fatal = on_fatal
     app = web.Application(middlewares=[cors_middleware(settings.allowed_origins)])
     app[COMPONENTS] = components
     components.bridge.install(app)
@@ -456,10 +467,97 @@ async def _drain(app: web.Application) -> None:
     end), then disconnect every client so it reconnects elsewhere; open WebSockets would
     otherwise hold the shutdown for aiohttp's whole handler timeout."""
     parts = app[COMPONENTS]
+    started = time.monotonic()
+    replies = len(parts.replies.streaming_now)
+    log.info(
+        "draining %d connections (%d replies in flight, up to %g s)…",
+        parts.connections.count,
+        replies,
+        SHUTDOWN_GRACE_SECONDS,
+    )
     await parts.replies.wait_idle(SHUTDOWN_GRACE_SECONDS)
     await parts.raw.close_all()
     await parts.bridge.close_all()
     await parts.sio.shutdown()
+    log.info("drained in %.1f s: clients reconnect elsewhere", time.monotonic() - started)
+
+
+STORE_RETRY_MAX_SECONDS = 10.0
+
+
+def _store_resource(parts: Components, store: Store) -> Resource:
+    """The store starts before the server listens (its indexes exist before the first
+    request); if it cannot be reached, the server listens anyway (/readyz says 503) and the
+    store keeps being retried in the background."""
+    connecting: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        if not await _try_store(parts, store, delay=1.0):
+            connecting.append(asyncio.ensure_future(_connect_store(parts, store)))
+
+    async def stop() -> None:
+        for task in connecting:
+            task.cancel()
+        await store.close()
+
+    return Resource("store", start, stop)
+
+
+async def _connect_store(parts: Components, store: Store) -> None:
+    """Retry the store with backoff while it cannot be reached: one line per attempt naming
+    what and why. With STARTUP_TIMEOUT_SECONDS, give up after it: one fatal line, and the
+    process ends with exit code 1."""
+    started = time.monotonic()
+    delay = 1.0
+    while True:
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, STORE_RETRY_MAX_SECONDS)
+        limit = parts.settings.startup_timeout_seconds
+        if await _try_store(parts, store, delay=delay):
+            log.info("storage: %s is reachable: ready", _store_name(parts.settings))
+            return
+        waited = time.monotonic() - started
+        if limit is not None and waited + delay > limit:
+            parts.fatal = f"storage: {_store_name(parts.settings)} still unreachable"
+            log.error(
+                "%s after %.0f s (%s); giving up (STARTUP_TIMEOUT_SECONDS=%g)",
+                parts.fatal,
+                waited,
+                parts.store_failure,
+                limit,
+            )
+            if parts.on_fatal is not None:
+                parts.on_fatal()
+            return
+
+
+async def _storage_probe(parts: Components, store: Store) -> str:
+    """Ready once the store has started (its indexes exist) and while it answers."""
+    if not parts.store_started:
+        return f"not started yet: {parts.store_failure or 'starting'}"
+    return await _check(store.ping())
+
+
+async def _try_store(parts: Components, store: Store, *, delay: float) -> bool:
+    """One attempt; a failure is one line naming the store and the cause."""
+    try:
+        await store.start()
+        parts.store_started = True
+    except AppError as exc:
+        parts.store_failure = exc.message
+        log.warning(
+            "storage: %s: %s; retrying in %g s", _store_name(parts.settings), exc.message, delay
+        )
+        return False
+    return True
+
+
+def _store_name(settings: Settings) -> str:
+    if not settings.mongodb_url:
+        return "the in-memory store"
+    from .storage.mongo import describe_url
+
+    return describe_url(settings.mongodb_url)
 
 
 def client_script(settings: Settings) -> ClientScript:

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     mongodb_url: str | None = Field(default=None, repr=False)
     mongodb_db: str = "consultations"
     mongodb_timeout_seconds: Seconds = 5.0
+    # Unset: wait for MongoDB as long as it takes (/readyz says 503 meanwhile).
+    startup_timeout_seconds: Seconds | None = None
     redis_url: str | None = Field(default=None, repr=False)
     redis_prefix: str = "consultations"
     redis_mode: Literal["single", "cluster"] = "single"

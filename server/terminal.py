@@ -1,9 +1,8 @@
 """``python -m server chat`` (``scripts/chat``): a terminal client of namespace ``/chat``.
 
-Type a line to send it; replies print as they stream. ``/stop`` stops a reply, ``/human
-[reason]`` asks for an operator, ``/rate N [comment]`` rates the consultation, ``/quit`` (or
-Ctrl-D, Ctrl-C) leaves. It reconnects by itself and rejoins with ``lastSeq``: nothing said
-while it was away is missed, nothing is printed twice.
+Type a line to send it; replies print as they stream. Commands are in :data:`COMMANDS`; a
+line that starts with ``//`` is sent with one slash. It reconnects by itself and rejoins with
+``lastSeq``: nothing said while it was away is missed, nothing is printed twice.
 """
 
 from __future__ import annotations
@@ -19,6 +18,13 @@ from typing import Any, TextIO
 import socketio
 
 NAMESPACE = "/chat"
+COMMANDS = {
+    "/stop": "stop the reply being written",
+    "/human [reason]": "ask for a human operator",
+    "/rate N [comment]": "rate the consultation, 1 to 5",
+    "/quit": "leave (Ctrl-D and Ctrl-C too)",
+}
+USAGE = "commands: " + ", ".join(COMMANDS) + " (start a message with // to send a slash)"
 
 
 @dataclass
@@ -92,7 +98,19 @@ class View:
 
 
 class TerminalChat:
-    def __init__(self, url: str, consultation_id: str, auth: dict[str, str], out: TextIO) -> None:
+    def __init__(
+        self,
+        url: str,
+        consultation_id: str,
+        auth: dict[str, str],
+        out: TextIO,
+        *,
+        echoed: bool = False,
+    ) -> None:
+        # echoed: the terminal already shows each typed line, so a sent one is not printed
+        # again (piped input is not echoed: it is printed as "you: …").
+        self.echoed = echoed
+        self._call_errors: list[dict[str, Any]] | None = None  # error events during a call
         self.url = url.rstrip("/")
         self.consultation_id = consultation_id
         self.auth = auth
@@ -189,10 +207,25 @@ class TerminalChat:
         self.view.line(f"-- mode: {event['mode']}{detail}")
 
     async def _error(self, error: dict[str, Any]) -> None:
+        if self._call_errors is not None:
+            self._call_errors.append(error)  # the ack says it too: printed once, after it
+            return
         self.view.line(f"!! {error.get('code')}: {error.get('message')}")
 
     async def call(self, event: str, data: dict[str, Any]) -> dict[str, Any]:
-        ack: dict[str, Any] = await self.sio.call(event, data, namespace=NAMESPACE, timeout=15)
+        """Send an event and wait for its ack; a failure is printed once (the server also
+        sends it as an ``error`` event, which arrives before the ack)."""
+        self._call_errors = []
+        try:
+            ack: dict[str, Any] = await self.sio.call(event, data, namespace=NAMESPACE, timeout=15)
+        finally:
+            seen, self._call_errors = self._call_errors, None
+        failed = ack.get("error") if not ack.get("ok") else None
+        for error in seen:
+            if failed is None or error.get("code") != failed.get("code"):
+                await self._error(error)
+        if failed is not None:
+            self.view.line(f"!! {failed['message']}")
         return ack
 
     async def command(self, line: str) -> bool:
@@ -202,6 +235,11 @@ class TerminalChat:
             return True
         cid = {"consultationId": self.consultation_id}
         word, _, rest = text.partition(" ")
+        if text.startswith("//"):
+            text, word = text[1:], ""  # a message that starts with a slash
+        elif word.startswith("/") and word not in {c.split()[0] for c in COMMANDS}:
+            self.view.line(f"!! unknown command {word}; {USAGE}")
+            return True
         if word == "/quit":
             return False
         if word == "/stop":
@@ -217,10 +255,11 @@ class TerminalChat:
             ack = await self.call("sendMessage", message)
             if ack.get("ok"):
                 self.view.me = ack["message"].get("userId")
-                self.view.message(ack["message"])
-        if not ack.get("ok"):
-            self.view.line(f"!! {ack['error']['message']}")
-        elif word == "/rate":
+                if self.echoed:  # on screen already, as typed
+                    self.view.last_seq = max(self.view.last_seq, int(ack["message"]["seq"]))
+                else:
+                    self.view.message(ack["message"])
+        if ack.get("ok") and word == "/rate":
             self.view.line(f"-- rated {ack['consultation']['rating']['score']}")
         return True
 
@@ -245,7 +284,7 @@ async def _stdin() -> asyncio.StreamReader:
 
 
 async def _main(url: str, consultation_id: str, auth: dict[str, str]) -> None:
-    chat = TerminalChat(url, consultation_id, auth, sys.stdout)
+    chat = TerminalChat(url, consultation_id, auth, sys.stdout, echoed=sys.stdin.isatty())
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
     # Ctrl-C ends the session like /quit: the socket is closed cleanly, no traceback.

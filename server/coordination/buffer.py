@@ -67,6 +67,13 @@ if not state[1] then return false end
 local parts = redis.call('LRANGE', KEYS[1] .. ':' .. state[1], 0, -1)
 return {state[1], state[2], state[3], state[4], parts}
 """
+_ABANDON = """
+local state = redis.call('HMGET', KEYS[1], 'id', 'owner')
+if state[1] ~= ARGV[1] then return -1 end
+if state[2] ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[1] .. ':' .. ARGV[1])
+return 1
+"""
 _CLEAR = """
 if redis.call('HGET', KEYS[1], 'id') == ARGV[1] then
   redis.call('DEL', KEYS[1], KEYS[1] .. ':' .. ARGV[1])
@@ -149,6 +156,15 @@ class MemoryReplyBuffer:
         if buffer is not None and buffer.draft.message_id == message_id:
             del self._buffers[name]
 
+    async def abandon(self, name: str, message_id: str, owner: str) -> bool | None:
+        buffer = self._live(name)
+        if buffer is None or buffer.draft.message_id != message_id:
+            return None
+        if buffer.draft.owner != owner:
+            return False
+        del self._buffers[name]
+        return True
+
     def _live(self, name: str) -> _Buffer | None:
         buffer = self._buffers.get(name)
         if buffer is not None and buffer.expires_at <= time.monotonic():
@@ -213,3 +229,7 @@ class RedisReplyBuffer:
 
     async def clear(self, name: str, message_id: str) -> None:
         await self._redis.run(_CLEAR, self._keys(name)[:1], [message_id])
+
+    async def abandon(self, name: str, message_id: str, owner: str) -> bool | None:
+        result = int(await self._redis.run(_ABANDON, self._keys(name)[:1], [message_id, owner]))
+        return None if result < 0 else result == 1

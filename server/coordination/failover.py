@@ -178,6 +178,16 @@ class FailoverReplyBuffer:
         await self._fallback.clear(name, message_id)
         await self._degraded.either(lambda: self._primary.clear(name, message_id), _none)
 
+    async def abandon(self, name: str, message_id: str, owner: str) -> bool | None:
+        # Taken over where it is shared wins; otherwise ours wherever it was buffered.
+        shared = await self._degraded.either(
+            lambda: self._primary.abandon(name, message_id, owner), _none
+        )
+        local = await self._fallback.abandon(name, message_id, owner)
+        if shared is False or local is False:
+            return False
+        return True if shared or local else None
+
 
 class FailoverReplyRegistry:
     def __init__(self, primary: ReplyRegistry, fallback: ReplyRegistry, degraded: Degraded) -> None:

@@ -259,6 +259,12 @@ class ReplyBuffer(Protocol):
         """Drop the buffer, only while ``message_id`` is the buffered reply."""
         ...
 
+    async def abandon(self, name: str, message_id: str, owner: str) -> bool | None:
+        """Drop the buffer of ``message_id`` if ``owner`` still streams it: True when it did,
+        False when another owner took the reply over (it finishes it), None when the reply
+        is not buffered (any more)."""
+        ...
+
 
 class ReplyRegistry(Protocol):
     """Consultations with a reply in flight, each with a deadline its instance keeps moving:

@@ -479,8 +479,53 @@ class ReplyService:
             if draft.lost:
                 raise _Lost()
             return await self._finish(draft, stopped, failure, lock)
+        except _Lost:
+            await self._keep_what_was_shown(draft)
+            raise
         finally:
             self.streaming_now.discard(name)
+
+    async def _keep_what_was_shown(self, draft: _Draft) -> None:
+        """The reply's lock went to another holder. If that one took this reply over, it
+        finishes and stores it. If not (Redis restarted empty, and someone took the free lock
+        for the next question), nobody would: what the room saw of it is stored, as
+        incomplete, so that it stays in the history."""
+        if not draft.chunks:
+            return
+        name = draft.key.room
+        try:
+            ours = await self._buffer.abandon(name, draft.message_id, draft.owner)
+        except AppError:
+            return
+        if ours is False:
+            return  # taken over: the new owner stores it
+        reply = Message.new(
+            draft.key,
+            Author.ASSISTANT,
+            "".join(draft.chunks),
+            id=draft.message_id,
+            status=MessageStatus.INCOMPLETE,
+            model=draft.model,
+            answers_seq=draft.request_seq or None,
+            response_ms=draft.response_ms(),
+        )
+        try:
+            appended = await self._patiently(lambda: self._store.append(reply), None)
+        except AppError as exc:
+            log.warning("could not keep reply %s: %s", draft.message_id, exc.message)
+            return
+        if not appended.created:
+            return  # stored already (by the instance that took it over)
+        log.warning(
+            "reply %s in %s lost its lock without a takeover: what was shown is kept",
+            draft.message_id,
+            name,
+        )
+        self._reply_done(draft, reply.status.value)
+        await self._safe_emit(draft.key, AiMessage(message=appended.message))
+        await self._safe_emit(
+            draft.key, AiThinking(consultation_id=draft.key.consultation_id, status="done")
+        )
 
     async def _consume(self, request: ReplyRequest, draft: _Draft, lock: Lock) -> AppError | None:
         """Stream the reply into the room; return the failure that ended it, if any."""

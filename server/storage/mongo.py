@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic.alias_generators import to_camel
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, uri_parser
+from pymongo.errors import DuplicateKeyError, InvalidURI, PyMongoError
 
 from ..domain.models import (
     Consultation,
@@ -57,44 +58,51 @@ class MongoStore:
         self._messages = db["messages"]
 
     async def start(self) -> None:
-        async with _translated("create indexes"):
-            await self._consultations.create_index(
-                [("tenantId", ASCENDING), ("consultationId", ASCENDING)],
-                unique=True,
-                name="tenant_consultation",
-            )
-            # The operator queue and the dashboards' lists.
-            await self._consultations.create_index(
-                [("tenantId", ASCENDING), ("mode", ASCENDING), ("waitingSince", ASCENDING)],
-                name="tenant_mode_waiting",
-            )
-            await self._consultations.create_index(
-                [("operator.id", ASCENDING), ("mode", ASCENDING)], name="operator_mode"
-            )
-            # The stats: a tenant's consultations and messages over a period.
-            await self._consultations.create_index(
-                [("tenantId", ASCENDING), ("createdAt", ASCENDING)], name="tenant_created"
-            )
-            await self._messages.create_index(
-                [("tenantId", ASCENDING), ("timestamp", ASCENDING)], name="tenant_timestamp"
-            )
-            await self._messages.create_index(
-                [("tenantId", ASCENDING), ("consultationId", ASCENDING), ("seq", ASCENDING)],
-                unique=True,
-                name=SEQ_INDEX,
-            )
-            # Idempotent sends: a retried clientMessageId is refused by the database itself,
-            # even when two instances receive the retry at once.
-            await self._messages.create_index(
-                [
-                    ("tenantId", ASCENDING),
-                    ("consultationId", ASCENDING),
-                    ("clientMessageId", ASCENDING),
-                ],
-                unique=True,
-                name=CLIENT_ID_INDEX,
-                partialFilterExpression={"clientMessageId": {"$type": "string"}},
-            )
+        """Create the indexes; :class:`StorageUnavailable` with a one-line reason when the
+        server cannot be reached (the caller logs it and retries)."""
+        try:
+            await self._create_indexes()
+        except PyMongoError as exc:
+            raise StorageUnavailable(short_reason(exc)) from exc
+
+    async def _create_indexes(self) -> None:
+        await self._consultations.create_index(
+            [("tenantId", ASCENDING), ("consultationId", ASCENDING)],
+            unique=True,
+            name="tenant_consultation",
+        )
+        # The operator queue and the dashboards' lists.
+        await self._consultations.create_index(
+            [("tenantId", ASCENDING), ("mode", ASCENDING), ("waitingSince", ASCENDING)],
+            name="tenant_mode_waiting",
+        )
+        await self._consultations.create_index(
+            [("operator.id", ASCENDING), ("mode", ASCENDING)], name="operator_mode"
+        )
+        # The stats: a tenant's consultations and messages over a period.
+        await self._consultations.create_index(
+            [("tenantId", ASCENDING), ("createdAt", ASCENDING)], name="tenant_created"
+        )
+        await self._messages.create_index(
+            [("tenantId", ASCENDING), ("timestamp", ASCENDING)], name="tenant_timestamp"
+        )
+        await self._messages.create_index(
+            [("tenantId", ASCENDING), ("consultationId", ASCENDING), ("seq", ASCENDING)],
+            unique=True,
+            name=SEQ_INDEX,
+        )
+        # Idempotent sends: a retried clientMessageId is refused by the database itself,
+        # even when two instances receive the retry at once.
+        await self._messages.create_index(
+            [
+                ("tenantId", ASCENDING),
+                ("consultationId", ASCENDING),
+                ("clientMessageId", ASCENDING),
+            ],
+            unique=True,
+            name=CLIENT_ID_INDEX,
+            partialFilterExpression={"clientMessageId": {"$type": "string"}},
+        )
 
     async def close(self) -> None:
         await self._client.close()
@@ -291,8 +299,26 @@ async def _translated(action: str) -> AsyncIterator[None]:
     except DuplicateKeyError as exc:
         raise _Duplicate(_index_name(exc)) from exc
     except PyMongoError as exc:
-        log.warning("MongoDB failed to %s: %s", action, exc)
+        log.warning("MongoDB failed to %s: %s", action, short_reason(exc))
         raise StorageUnavailable() from exc
+
+
+def describe_url(url: str) -> str:
+    """Where a MongoDB URL points, for the log (never its credentials): ``MongoDB at h:p``."""
+    try:
+        nodes = uri_parser.parse_uri(url)["nodelist"]
+    except (InvalidURI, ValueError):
+        return "MongoDB"
+    return "MongoDB at " + ",".join(f"{host}:{port}" for host, port in nodes)
+
+
+def short_reason(exc: PyMongoError) -> str:
+    """PyMongo's error without its topology dump: ``connection refused``,
+    ``[Errno -2] Name or service not known`` …"""
+    text = str(exc).split(" (configured timeouts")[0].split(", Timeout:")[0]
+    text = re.sub(r"^[^\s:]+:\d+: ", "", text)  # the address: the caller names it
+    text = re.sub(r"\[Errno 111\] Connect call failed \([^)]*\)", "connection refused", text)
+    return text.strip() or type(exc).__name__
 
 
 def _index_name(exc: DuplicateKeyError) -> str | None:

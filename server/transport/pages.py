@@ -22,6 +22,7 @@ STATIC_FILES = {
     "index.js": "text/javascript",
     "operator.js": "text/javascript",
     "client-fallback.js": "text/javascript",
+    "favicon.svg": "image/svg+xml",
 }
 PAGES = {"/": "index.html", "/operator": "operator.html"}
 # Every response (on_response_prepare, so WebSocket upgrades and errors too).

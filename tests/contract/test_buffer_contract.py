@@ -121,3 +121,16 @@ async def test_a_reply_cut_by_a_newer_fence_cannot_be_put_back_by_its_holder(
     await coordination.buffer.start(name, draft(owner=holder.token), 5)
     assert await coordination.buffer.read(name) is None
     await holder.release()
+
+
+async def test_only_the_owner_abandons_a_reply(coordination: Coordination, name: str) -> None:
+    buffer = coordination.buffer
+    assert await buffer.abandon(name, "m1", "tok-a") is None  # nothing buffered
+    await buffer.start(name, draft(owner="tok-a"), 5)
+    assert await buffer.append(name, "m1", "tok-a", "shown", 5) is BufferWrite.OK
+    assert await buffer.claim(name, "m1", "tok-b", 5) is not None  # taken over
+    assert await buffer.abandon(name, "m1", "tok-a") is False  # the taker finishes it
+    assert (await buffer.read(name)) is not None
+    assert await buffer.abandon(name, "other", "tok-b") is None
+    assert await buffer.abandon(name, "m1", "tok-b") is True
+    assert await buffer.read(name) is None

@@ -6,14 +6,15 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import jwt
 import pytest
 
 from tests.conftest import JWT_SECRET
-from tests.helpers import ChatClient
-from tests.servers import ROOT, clean_env, free_port, wait_for_port
+from tests.helpers import ChatClient, eventually
+from tests.servers import ROOT, MongoServer, clean_env, free_port, http_json, wait_for_port
 
 
 @pytest.fixture
@@ -49,14 +50,20 @@ async def test_a_bare_server_starts_with_embedded_defaults_and_says_so(
         assert "hello offline" in message["content"]
     finally:
         await client.disconnect()
-    # Requests that are not Engine.IO's: a warning once, no ERROR, no traceback.
+    # A bare GET (a person, a probe) is told what the endpoint is; clients of an older
+    # protocol get a warning once; no ERROR, no traceback.
     async with aiohttp.ClientSession() as http:
-        for path in ("/socket.io/", "/socket.io/", "/socket.io/?EIO=4&transport=polling&sid=x"):
+        async with http.get(url + "/socket.io/") as response:
+            assert response.status == 400
+            hint = await response.text()
+            assert "Socket.IO endpoint" in hint and "/ws/chat" in hint
+        for path in ("/socket.io/?EIO=3&transport=polling", "/socket.io/?EIO=3&transport=polling"):
             async with http.get(url + path) as response:
                 assert response.status == 400
     process.terminate()
     log, _ = process.communicate(timeout=15)
-    for expected in ("IN-MEMORY", "SINGLE INSTANCE", "OFFLINE", "DEV AUTH", "listening on"):
+    expected_lines = ("IN-MEMORY", "SINGLE INSTANCE", "OFFLINE", "DEV AUTH", "listening on")
+    for expected in (*expected_lines, "draining 0 connections", "drained in"):
         assert expected in log, log
     assert "pages: socket.io-client from " in log
     assert "Traceback" not in log, log
@@ -143,3 +150,80 @@ async def test_sigterm_lets_a_streaming_reply_finish_and_be_stored() -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def start_logged(log_path: Path, **env: str) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "server"],
+            cwd=ROOT,
+            env=clean_env(**env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def test_an_unreachable_mongodb_at_start_is_named_retried_and_waited_for(
+    tmp_path: Path,
+) -> None:
+    port, mongo_port = free_port(), free_port()
+    log_path = tmp_path / "server.log"
+    process = start_logged(
+        log_path,
+        PORT=str(port),
+        MONGODB_URL=f"mongodb://127.0.0.1:{mongo_port}/?directConnection=true",
+        MONGODB_TIMEOUT_SECONDS="0.5",
+    )
+    mongo = MongoServer(port=mongo_port)
+    try:
+        await asyncio.to_thread(wait_for_port, port)
+        line = f"storage: MongoDB at 127.0.0.1:{mongo_port}: connection refused; retrying in"
+        await eventually(lambda: log_path.read_text().count(line) >= 2, timeout=20)
+        status, body = await asyncio.to_thread(http_json, f"http://127.0.0.1:{port}/readyz")
+        assert status == 503 and body["checks"]["storage"] != "ok"
+        mongo.start()  # it comes up: the server becomes ready by itself
+        await eventually(lambda: _ready(port), timeout=30)
+        assert f"MongoDB at 127.0.0.1:{mongo_port} is reachable: ready" in log_path.read_text()
+    finally:
+        process.terminate()
+        await asyncio.to_thread(process.wait, 15)
+        mongo.stop()
+    log = log_path.read_text()
+    assert "Traceback" not in log, log
+    assert "Topology Description" not in log  # the cause, not the driver's dump
+    assert process.returncode == 0
+
+
+def test_with_a_startup_timeout_an_unreachable_mongodb_ends_in_one_line(tmp_path: Path) -> None:
+    log_path = tmp_path / "server.log"
+    process = start_logged(
+        log_path,
+        PORT=str(free_port()),
+        MONGODB_URL=f"mongodb://127.0.0.1:{free_port()}/?directConnection=true",
+        MONGODB_TIMEOUT_SECONDS="0.3",
+        STARTUP_TIMEOUT_SECONDS="2",
+    )
+    assert process.wait(timeout=30) == 1
+    log = log_path.read_text()
+    [fatal] = [line for line in log.splitlines() if " ERROR " in line]
+    assert "still unreachable after" in fatal and "giving up" in fatal, log
+    assert "connection refused" in fatal
+    assert "Traceback" not in log, log
+
+
+async def _ready(port: int) -> bool:
+    status, _ = await asyncio.to_thread(http_json, f"http://127.0.0.1:{port}/readyz")
+    return bool(status == 200)
+
+
+def test_chat_help_names_the_commands() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "chat", "--help"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for command in ("/stop", "/human", "/rate", "/quit", "//"):
+        assert command in result.stdout, result.stdout

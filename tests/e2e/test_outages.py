@@ -11,7 +11,7 @@ import time
 import redis.asyncio as aioredis
 
 from tests.conftest import Cluster, Connect, make_token
-from tests.helpers import assert_clean_stream
+from tests.helpers import assert_clean_stream, chunks_by_message, eventually
 from tests.servers import AppProcess, RedisServer
 
 # Long enough that the reply streams for a while at a few hundred ms a token.
@@ -119,3 +119,44 @@ def _about(data: object, message_id: str) -> bool:
     if not isinstance(data, dict):
         return False
     return data.get("messageId") == message_id or data.get("id") == message_id
+
+
+async def test_a_reply_whose_lock_went_to_the_next_question_keeps_what_was_shown(
+    cluster: Cluster, connect: Connect
+) -> None:
+    """Redis restarts empty mid-reply, and before the streaming instance renews its lock
+    (a long TTL: it renews every 10 s) a question on the other instance takes the free lock.
+    The first reply cannot be continued by anyone: what the room saw of it is stored."""
+    own_redis = RedisServer().start()
+    try:
+        streaming, other = cluster.start_apps(
+            2, REDIS_URL=own_redis.url, AI_MODELS="slow-200", AI_LOCK_TTL_SECONDS="30"
+        )
+        token = make_token("ruth")
+        asker = await connect(streaming.url, token=token, join="relock")
+        second = await connect(other.url, token=token, join="relock")
+        await asker.send("relock", QUESTION)
+        [first] = await second.wait_for("aiChunk", timeout=20)
+        own_redis.stop()
+        own_redis.start()  # empty: no lock, no buffer, no fence
+        await eventually(lambda: _fanout_up(other), timeout=15)
+        await second.send("relock", "a second question, on the other instance")
+
+        for client in (asker, second):
+            await client.wait_for("aiMessage", lambda m: m["id"] == first["messageId"], timeout=30)
+        [kept] = asker.of("aiMessage", lambda m: m["id"] == first["messageId"])
+        assert kept["status"] == "incomplete"
+        shown = "".join(c["content"] for c in chunks_by_message(asker)[kept["id"]])
+        assert kept["content"] == shown  # exactly what the room saw of it
+        _, answer = await second.ask("relock", "and a third", timeout=40)
+        assert answer["status"] == "complete"
+        history = (await second.join("relock", lastSeq=0))["messages"]
+        assert [m["id"] for m in history].count(kept["id"]) == 1
+        assert "lost its lock without a takeover" in streaming.log()
+    finally:
+        own_redis.stop()
+
+
+async def _fanout_up(app: AppProcess) -> bool:
+    status, _ = await asyncio.to_thread(app.readiness)
+    return bool(status == 200)

@@ -15,6 +15,10 @@ from tests.helpers import eventually
 from tests.servers import ROOT, clean_env
 
 
+def lines(screen: str) -> list[str]:
+    return [line.strip() for line in screen.replace("\r", "\n").split("\n") if line.strip()]
+
+
 class Terminal:
     """A child process on a pty: what it printed, and keys typed into it."""
 
@@ -69,9 +73,12 @@ async def test_the_terminal_client_streams_a_reply_and_exits_on_ctrl_c(
         await terminal.shows("-- joined pty-room")
         await terminal.shows("nurse: Said before you came")  # the history
         terminal.type("How long should I rest?\n")
-        await terminal.shows("you: How long should I rest?")
         # The reply prints while it streams: its start is on screen before it is stored.
         await terminal.shows("assistant: Echo: How")
+        # The typed line is on screen once: as the terminal echoed it, not again as "you: …".
+        typed = [line for line in lines(terminal.read()) if "How long should I rest?" in line]
+        assert typed[0] == "How long should I rest?", typed
+        assert not any(line.startswith("you: How long") for line in typed), typed
         await other.wait_for("aiMessage", lambda m: "How long" in m["content"], timeout=20)
         reply = (await other.wait_for("aiMessage", lambda m: "How long" in m["content"]))[0]
         await terminal.shows(reply["content"])
@@ -84,10 +91,18 @@ async def test_the_terminal_client_streams_a_reply_and_exits_on_ctrl_c(
         nurse = await connect(server.url, auth={"userId": "nurse"}, join="pty-room")
         await nurse.send("pty-room", "Sent while you were away")
         await terminal.shows("nurse: Sent while you were away")
+        terminal.type("/rate 9\n")  # refused: said once
+        await terminal.shows("!! ")
         terminal.type("/rate 5 thanks\n")
         await terminal.shows("-- rated 5")
-        terminal.type("/quit-not-a-command\n")  # not a command: sent as a message
-        await terminal.shows("you: /quit-not-a-command")
+        errors = [line for line in lines(terminal.read()) if line.startswith("!! ")]
+        assert len(errors) == 1 and "score" in errors[0], errors
+        terminal.type("/bogus\n")  # not a command: refused, not sent
+        await terminal.shows("!! unknown command /bogus; commands: /stop, /human [reason]")
+        terminal.type("//etc/hosts is a file\n")  # a message that starts with a slash
+        [sent] = await nurse.wait_for("userMessage", lambda m: m["userId"] == "patient")
+        assert sent["content"] == "/etc/hosts is a file"
+        assert not nurse.of("userMessage", lambda m: "bogus" in m["content"])
         terminal.process.send_signal(signal.SIGINT)  # Ctrl-C
         await asyncio.to_thread(terminal.process.wait, 10)
         assert terminal.process.returncode == 0, terminal.read()

@@ -89,6 +89,13 @@ try {
   await console_.waitForSelector("#me >> text=op-dana");
   await console_.waitForSelector("#status.ok");
 
+  step("cancel");
+  // Cancel on the dialog sends nothing: had it asked, the queued request below would carry
+  // no reason (a consultation waits once), and the console shows the reason.
+  const dismissed = new Promise((resolve) => page.once("dialog", (dialog) => dialog.dismiss().then(resolve)));
+  await page.click("#human");
+  await dismissed;
+
   step("request");
   page.once("dialog", (dialog) => dialog.accept("I want a person"));
   await page.click("#human");

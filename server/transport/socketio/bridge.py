@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 SCOPE_KEY = "consultation.connection"  # the EngineConnection, in the ASGI scope (and environ)
 ENGINE_WINDOW = 64 * 1024  # bytes handed to Engine.IO's queue ahead of what was written
 ENGINEIO_TYPES = frozenset("0123456")
+SOCKETIO_HINT = (
+    "This is the Socket.IO endpoint of the consultation server (namespace /chat).\n"
+    "Connect with socket.io-client v4: io('https://this-host/chat', {auth: {token}});\n"
+    "plain WebSocket clients use /ws/chat. GET /ws/handlers lists the events.\n"
+)
 SOCKETIO_TYPES = frozenset(
     {
         sio_packet.CONNECT,
@@ -291,6 +296,9 @@ class EngineBridge:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
+        if "EIO" not in request.query:
+            # A person or a probe, not a Socket.IO client (which always names its protocol).
+            return web.Response(status=400, text=SOCKETIO_HINT)
         return await self._http(request)
 
     async def _http(self, request: web.Request) -> web.StreamResponse:

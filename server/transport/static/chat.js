@@ -157,8 +157,7 @@
       const meta = el("div", "meta", who + " · " + clock(message.timestamp));
       if (message.status && message.status !== "complete") meta.appendChild(el("span", "status", message.status));
       const body = el("div", "body");
-      if (message.role === "assistant") body.innerHTML = markdown(message.content);
-      else body.textContent = message.content;
+      body.innerHTML = markdown(message.content); // escaped first: safe for every role
       bubble.append(meta, body);
     }
 

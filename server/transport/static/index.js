@@ -78,7 +78,9 @@
   };
   $("stop").onclick = () => socket && Chat.call(socket, "stopGeneration", { consultationId });
   $("human").onclick = async () => {
-    const reason = prompt("Why do you need a human? (optional)") || undefined;
+    const answer = prompt("Why do you need a human? (optional)");
+    if (answer === null) return; // Cancel: nothing is asked
+    const reason = answer.trim() || undefined;
     const ack = await Chat.call(socket, "requestOperator", { consultationId, reason });
     if (ack.ok) setMode("waiting", null, ack.queuePosition); else log.notice("Could not ask: " + ack.error.message);
   };

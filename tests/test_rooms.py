@@ -281,6 +281,30 @@ async def test_a_joiner_behind_a_message_that_never_arrived_reads_it_from_the_st
     await eventually(lambda: second.seqs() == [3, 4, 5, 6])
 
 
+async def test_a_join_repeated_while_the_first_reads_history_misses_nothing() -> None:
+    # Under load a client gives up waiting for its join's answer and joins again: what
+    # arrived in between must not be dropped with the first join's hold.
+    store = Store()
+    a, b = await instances(store)
+    member = await member_of(b, "member")
+    for seq in (1, 2):
+        store.events[seq] = message(seq)
+        await a.to_room(ROOM, message(seq))
+    await eventually(lambda: member.seqs() == [1, 2])
+    await b.leave(member.id, ROOM)
+    await b.join(member.id, ROOM, ordered=True)  # the first join, slow to read
+    store.events[3] = message(3)
+    await a.to_room(ROOM, message(3))
+    await b.join(member.id, ROOM, ordered=True)  # the client asks again
+    store.events[4] = message(4)
+    await a.to_room(ROOM, message(4))
+    b.sync(ROOM, 2, member.id)  # the first join's read saw up to 2
+    await eventually(lambda: member.seqs() == [1, 2, 3, 4])
+    b.sync(ROOM, 4, member.id)  # the second one's answer: nothing twice
+    await a.to_room(ROOM, message(5))
+    await eventually(lambda: member.seqs() == [1, 2, 3, 4, 5])
+
+
 async def test_a_join_that_never_syncs_releases_the_room(monkeypatch: object) -> None:
     from server.fanout import hub as rooms
 

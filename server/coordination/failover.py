@@ -131,8 +131,11 @@ class FailoverReplyQueue:
 
 
 class FailoverReplyBuffer:
+    MOVE_BACK_EVERY_SECONDS = 0.5  # while Redis is away, an append asks at most this often
+
     def __init__(self, primary: ReplyBuffer, fallback: ReplyBuffer, degraded: Degraded) -> None:
         self._primary, self._fallback, self._degraded = primary, fallback, degraded
+        self._move_tried: dict[str, float] = {}  # name -> when moving back was last tried
 
     async def start(self, name: str, draft: ReplyDraft, ttl_seconds: float) -> None:
         await self._degraded.either(
@@ -143,7 +146,14 @@ class FailoverReplyBuffer:
     async def append(
         self, name: str, message_id: str, owner: str, text: str, ttl_seconds: float
     ) -> BufferWrite:
-        # The buffer lives where the reply started (Redis, or memory during an outage).
+        # The buffer lives where the reply started (Redis, or memory during an outage). One
+        # kept in memory goes back to Redis as soon as Redis answers: there, another instance
+        # can continue the reply if this one dies.
+        if await self._move_back(name, message_id, owner, ttl_seconds):
+            return await self._degraded.either(
+                lambda: self._primary.append(name, message_id, owner, text, ttl_seconds),
+                lambda: self._fallback.append(name, message_id, owner, text, ttl_seconds),
+            )
         local = await self._fallback.append(name, message_id, owner, text, ttl_seconds)
         if local is BufferWrite.OK:
             return local
@@ -157,6 +167,31 @@ class FailoverReplyBuffer:
             lambda: self._primary.append(name, message_id, owner, text, ttl_seconds),
             during_outage,
         )
+
+    async def _move_back(self, name: str, message_id: str, owner: str, ttl: float) -> bool:
+        """True when the reply was buffered in memory and now is on Redis again."""
+        kept = await self._fallback.read(name)
+        if kept is None or kept.message_id != message_id or kept.owner != owner:
+            self._move_tried.pop(name, None)
+            return False
+        now = time.monotonic()
+        if now - self._move_tried.get(name, float("-inf")) < self.MOVE_BACK_EVERY_SECONDS:
+            return False
+        self._move_tried[name] = now
+        try:
+            draft = ReplyDraft(message_id, owner, kept.request_seq, kept.model)
+            await self._primary.start(name, draft, ttl)
+            for part in kept.parts:
+                if await self._primary.append(name, message_id, owner, part, ttl) is not (
+                    BufferWrite.OK
+                ):
+                    return False  # fenced out on Redis: the local copy decides (TAKEN)
+        except CoordinationUnavailable:
+            return False  # still away: stay in memory
+        await self._fallback.clear(name, message_id)
+        self._move_tried.pop(name, None)
+        log.info("the buffer of reply %s in %s is back on Redis", message_id, name)
+        return True
 
     async def claim(
         self, name: str, message_id: str, owner: str, ttl_seconds: float

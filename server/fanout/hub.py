@@ -162,10 +162,12 @@ class RoomHub:
                 state.subscribed = asyncio.ensure_future(
                     self.broker.subscribe(self.broker.room_channel(room))
                 )
-        if ordered:
+        if ordered and connection_id not in state.waiting:
             # Its deliveries wait for its join's history read, so none is sent twice (live and
             # in the join's answer) and none is missed. A read that never ends (the join
-            # failed) must not hold the member for long.
+            # failed) must not hold the member for long. A join repeated while the first is
+            # still reading (its client gave up waiting) keeps the same hold: what it holds
+            # is for whichever answer the client takes.
             waited: list[Arrival[_Delivery]] = []
             state.waiting[connection_id] = waited
             loop = asyncio.get_running_loop()

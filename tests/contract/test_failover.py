@@ -3,12 +3,16 @@ and say so through the readiness probe."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import pytest
 
 from server.coordination import on_redis
+from server.coordination.buffer import RedisReplyBuffer
 from server.coordination.redis_support import RedisHandle
+from server.domain.ports import BufferWrite, ReplyDraft
 from server.errors import CoordinationUnavailable
 from tests.servers import RedisServer
 
@@ -57,6 +61,37 @@ async def test_a_lock_cut_off_from_redis_is_not_lost_and_is_taken_back_when_redi
         # The fence restored by the renewal keeps growing past the holder's.
         assert int(later.token.split(":")[0]) > int(lock.token.split(":")[0])
         await later.release()
+    finally:
+        await redis.close()
+        redis_server.stop()
+
+
+async def test_a_reply_buffered_in_memory_during_an_outage_goes_back_to_redis() -> None:
+    redis_server = RedisServer()
+    redis = RedisHandle(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    coordination = on_redis(redis)
+    shared = RedisReplyBuffer(redis)
+    try:
+        lock = await coordination.locks.try_lock("c:1", 5)  # Redis is down: a memory lock
+        assert lock is not None
+        await coordination.buffer.start("c:1", ReplyDraft("m1", lock.token, 3), 5)
+        assert await coordination.buffer.append("c:1", "m1", lock.token, "a", 5) is (BufferWrite.OK)
+        redis_server.start()
+        await redis.ping()
+        # Appends move it back to Redis once Redis answers (each asks at most every 0.5 s):
+        # another instance could then continue the reply.
+        parts = ["a"]
+        deadline = time.monotonic() + 5
+        while (moved := await shared.read("c:1")) is None:
+            assert time.monotonic() < deadline, "the buffer never went back to Redis"
+            parts.append(str(len(parts)))
+            written = await coordination.buffer.append("c:1", "m1", lock.token, parts[-1], 5)
+            assert written is BufferWrite.OK
+            await asyncio.sleep(0.05)
+        assert moved.parts == tuple(parts) and moved.owner == lock.token
+        assert await coordination.buffer.append("c:1", "m1", lock.token, "z", 5) is (BufferWrite.OK)
+        final = await shared.read("c:1")
+        assert final is not None and final.content == "".join(parts) + "z"
     finally:
         await redis.close()
         redis_server.stop()

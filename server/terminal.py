@@ -24,6 +24,7 @@ COMMANDS = {
     "/rate N [comment]": "rate the consultation, 1 to 5",
     "/quit": "leave (Ctrl-D and Ctrl-C too)",
 }
+CLOSE_SECONDS = 2.0  # Ctrl-C, /quit: how long leaving may wait for the server
 USAGE = "commands: " + ", ".join(COMMANDS) + " (start a message with // to send a slash)"
 
 
@@ -299,12 +300,13 @@ async def _main(url: str, consultation_id: str, auth: dict[str, str]) -> None:
         for task in (session, stop):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await session
+            await asyncio.wait_for(session, CLOSE_SECONDS)
         chat.closing = True
         if chat.view.mid_line:
             chat.view.line("")
+        # Leaving never waits on the server: a close it does not answer is given up on.
         with contextlib.suppress(Exception):
-            await chat.sio.disconnect()
+            await asyncio.wait_for(chat.sio.disconnect(), CLOSE_SECONDS)
 
 
 def chat(url: str, consultation_id: str, token: str | None, user: str | None) -> int:

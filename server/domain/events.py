@@ -263,8 +263,8 @@ class AiChunk(ServerEvent):
 class ErrorEvent(ServerEvent):
     name = "error"
     summary = (
-        "An error for the room (ai_unavailable) or for one connection (its failed event, "
-        "token_expired)"
+        "An error for the room (ai_unavailable, history_gap) or for one connection (its "
+        "failed event, token_expired)"
     )
     model_config = ConfigDict(extra="allow")  # codes add their own details (retryAfter …)
     code: str

@@ -24,6 +24,19 @@ end
 local function current_fence(key)
   return tonumber(redis.call('GET', key) or '0') or 0
 end
+-- The next fence of a name (kept under key for ttl ms): one more than the last, and never
+-- less than the clock in ms, so a Redis that lost its data never hands out a smaller one.
+local function next_fence(key, ttl)
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  local fence = redis.call('INCR', key)
+  if fence < now then
+    fence = now
+    redis.call('SET', key, fence)
+  end
+  redis.call('PEXPIRE', key, ttl)
+  return fence
+end
 """
 
 

@@ -24,15 +24,7 @@ _ACQUIRE = (
     LUA_FENCE_OF
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local fence = redis.call('INCR', KEYS[2])
-if fence < now then
-  fence = now
-  redis.call('SET', KEYS[2], fence)
-end
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-local token = fence .. ':' .. ARGV[1]
+local token = next_fence(KEYS[2], ARGV[3]) .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
 return token
 """
@@ -53,17 +45,7 @@ redis.call('SET', KEYS[2], fence, 'PX', ARGV[3])
 return 1
 """
 )
-_NEXT_FENCE = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local fence = redis.call('INCR', KEYS[1])
-if fence < now then
-  fence = now
-  redis.call('SET', KEYS[1], fence)
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return fence
-"""
+_NEXT_FENCE = LUA_FENCE_OF + "\nreturn next_fence(KEYS[1], ARGV[1])\n"
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])

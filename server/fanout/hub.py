@@ -324,7 +324,9 @@ class RoomHub:
                 sent = arrival.seq
             if connection_id != arrival.item.skip:
                 member.deliver(arrival.item.frame)
-        if head_seq is None and sent:
+        if sent:
+            # What it was handed (some of it read from the store) may still arrive live:
+            # never twice.
             state.floors[connection_id] = max(state.floors.get(connection_id, 0), sent)
 
     def _end_sync(self, room: str, state: _Room, head_seq: int | None) -> None:

@@ -246,7 +246,6 @@ class RawClient:
         self.replies_seen: set[str] = set()
         self.delivered = 0
         self.sent = 0
-        self.stalls = 0
         self._ws: Any = None
         self._joined = asyncio.Event()
         self._acks: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -387,7 +386,6 @@ class RawClient:
     async def stall(self, seconds: float) -> None:
         """Stop reading for ``seconds`` (what arrives waits in the socket, then the server's
         outbox; past OUTBOX_MAX_BYTES the server closes it and it reconnects)."""
-        self.stalls += 1
         self._reading.clear()
         self.trace.append((time.monotonic(), "stalled", 0))
         try:

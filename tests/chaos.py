@@ -87,6 +87,9 @@ class Client:
     _joined: bool = False
     _ever_connected: bool = False
     _up: asyncio.Event = field(default_factory=asyncio.Event)  # the namespace is connected
+    _closed: asyncio.Event = field(default_factory=asyncio.Event)  # the run is over
+    _join_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _rejoining: asyncio.Future[bool] | None = None
 
     def __post_init__(self) -> None:
         self.sio = socketio.AsyncClient(
@@ -98,8 +101,25 @@ class Client:
         for event in ("userMessage", "aiMessage"):
             self.sio.on(event, self._stored, namespace=NAMESPACE)
         self.sio.on("aiChunk", self._chunk, namespace=NAMESPACE)
-        self.sio.on("connect", self._up.set, namespace=NAMESPACE)
+        self.sio.on("connect", self._on_connect, namespace=NAMESPACE)
         self.sio.on("disconnect", self._disconnected, namespace=NAMESPACE)
+        self.sio.on("error", self._error, namespace=NAMESPACE)
+
+    async def _on_connect(self) -> None:
+        self._up.set()
+        self._rejoin()  # as a frontend does on every reconnection, not only at its next send
+
+    async def _error(self, error: dict[str, Any]) -> None:
+        if error.get("consultationId") == self.consultation and error["code"] == "history_gap":
+            # The documented reaction: messages after afterSeq may be missing here; a join
+            # with lastSeq fetches them.
+            self._count("history_gap")
+            self._joined = False
+            self._rejoin()
+
+    def _rejoin(self) -> None:
+        if self._rejoining is None or self._rejoining.done():
+            self._rejoining = asyncio.ensure_future(self._ensure_joined(self._closed))
 
     def _session(self) -> Any:
         import aiohttp
@@ -156,6 +176,10 @@ class Client:
         return self._up.is_set()
 
     async def _ensure_joined(self, stop: asyncio.Event) -> bool:
+        async with self._join_lock:  # the sender and a rejoin after a reconnection or a gap
+            return await self._join(stop)
+
+    async def _join(self, stop: asyncio.Event) -> bool:
         while await self._connected(stop):
             if self._joined:
                 return True
@@ -254,6 +278,7 @@ class RawClient:
         self._reading = asyncio.Event()
         self._reading.set()
         self._closed = asyncio.Event()  # the run is over and settled: stop reconnecting
+        self._rejoin = asyncio.Event()  # told history_gap: join again with lastSeq
         self._connection: asyncio.Future[None] | None = None
 
     contiguous = Client.contiguous
@@ -306,8 +331,11 @@ class RawClient:
                 if self._lost_at is not None:
                     self.recoveries.append(time.monotonic() - self._lost_at)
                     self._lost_at = None
-                await first_of(stop, _done(reader))
-                return
+                await first_of(stop, _done(reader), self._rejoin)
+                if not self._rejoin.is_set():
+                    return
+                self._rejoin.clear()
+                self._joined.clear()
         finally:
             reader.cancel()
 
@@ -324,9 +352,15 @@ class RawClient:
                 self._stored(data)
             elif event == "aiChunk":
                 self.replies_seen.add(data["messageId"])
+            elif event == "error" and data.get("code") == "history_gap" and self._mine(data):
+                self._count("history_gap")
+                self._rejoin.set()
+
+    def _mine(self, event: dict[str, Any]) -> bool:
+        return bool(event.get("consultationId") == self.consultation)
 
     def _stored(self, message: dict[str, Any]) -> None:
-        if message.get("consultationId") != self.consultation:
+        if not self._mine(message):
             return
         self.delivered += 1
         if self.view.get(message["seq"]) == message["id"] and self._joined.is_set():
@@ -714,6 +748,7 @@ async def run(
         return markdown(rows, stack.events), ok
     finally:
         for client in socketio_clients:
+            client._closed.set()
             with contextlib.suppress(Exception):
                 await client.sio.disconnect()
             http = getattr(client.sio.eio, "http", None)

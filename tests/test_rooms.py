@@ -316,6 +316,12 @@ async def test_a_join_that_never_syncs_releases_the_room(monkeypatch: object) ->
         await b.join(joiner.id, ROOM, ordered=True)
         await a.to_room(ROOM, message(4))
         await eventually(lambda: joiner.seqs() == [4])
+        # ... and the joiner is told that what came before may be missing: its client rejoins
+        # with lastSeq instead of waiting for a join answer that may never come.
+        [gap] = [json.loads(f.data_json) for f in joiner.frames if f.event == "error"]
+        assert gap["code"] == "history_gap"
+        assert (gap["afterSeq"], gap["beforeSeq"], gap["retryable"]) == (3, 4, True)
+        assert joiner.names().index("error") < joiner.names().index("userMessage")
     finally:
         setattr(rooms, "SYNC_WAIT_SECONDS", 5.0)  # noqa: B010
 

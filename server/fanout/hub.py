@@ -298,9 +298,14 @@ class RoomHub:
     def _release_stuck(
         self, room: str, state: _Room, connection_id: str, waited: list[Arrival[_Delivery]]
     ) -> None:
-        """A join whose history read never said where the store is: deliver what waited."""
+        """A join whose history read never said where the store is: deliver what waited, and
+        tell the joiner (``history_gap``) that what lies before it may be missing, so its
+        client rejoins with ``lastSeq`` instead of trusting a join answer that may never come."""
         if state.waiting.get(connection_id) is waited:
             log.warning("a join of %s never read its history: releasing its hold", room)
+            first = next((a.seq for a in waited if a.seq is not None), None)
+            after = first - 1 if first is not None else state.order.last_seq or 0
+            self._tell_gap(room, state, after, first, connection_id)
             self._hand_over(state, connection_id, waited, None)
 
     def _hand_over(

@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import socketio
@@ -38,12 +39,20 @@ from .domain.ports import Assistant, ReplyMetrics, Store
 from .domain.presence import PresenceService
 from .domain.replies import ReplyCoordination, ReplyService, ReplySettings
 from .domain.session import Services
+from .domain.visitors import VisitorService, WidgetKey
 from .errors import AppError
 from .fanout.hub import RoomHub
 from .fanout.outbox import OutboxStats
 from .observability.metrics import Live, PrometheusMetrics
 from .storage.memory import MemoryStore
-from .transport.auth import Authenticator, JwksKeys, KeySource, PublicKeys, SharedSecret
+from .transport.auth import (
+    Authenticator,
+    JwksKeys,
+    KeySource,
+    PublicKeys,
+    SharedSecret,
+    VisitorTokens,
+)
 from .transport.metrics import MetricsEndpoint
 from .transport.net import parse_networks
 from .transport.pages import ClientScript, Pages
@@ -51,6 +60,7 @@ from .transport.rest import Routes, cors_middleware
 from .transport.socketio.bridge import EngineBridge
 from .transport.socketio.namespace import ChatNamespace
 from .transport.socketio.server import create_server
+from .transport.visitors import VisitorRoutes
 from .transport.websocket import RawChatEndpoint, RawSettings
 
 log = logging.getLogger("server")
@@ -87,6 +97,7 @@ class Components:
     handoff: HandoffService
     metrics: PrometheusMetrics
     metrics_endpoint: MetricsEndpoint
+    visitors: VisitorService
     on_fatal: Callable[[], None] | None = None  # how the process ends on a fatal start-up
     fatal: str | None = None  # why it did
     store_failure: str | None = None  # the last reason the store could not be started
@@ -168,13 +179,23 @@ FIGURES = (
 )
 
 
-def authenticator(settings: Settings) -> Authenticator:
+def authenticator(settings: Settings, visitors: VisitorTokens | None = None) -> Authenticator:
     """The token verifier for the configured key (ConfigError if it cannot be used)."""
     return Authenticator(
         _key_source(settings),
         algorithms=settings.auth_algorithms,
         audience=settings.jwt_audience,
         issuer=settings.jwt_issuer,
+        visitors=visitors,
+    )
+
+
+def visitor_tokens(settings: Settings) -> VisitorTokens:
+    """Signed with the configured secret; without one (dev auth, or no widget keys) with a
+    key made now, whose tokens end with this process."""
+    return VisitorTokens(
+        settings.visitor_secret or secrets.token_urlsafe(48),
+        ttl=timedelta(seconds=settings.visitor_token_ttl_seconds),
     )
 
 
@@ -276,8 +297,18 @@ def build(
             max_per_user=settings.max_connections_per_user,
         ),
     )
-    auth = authenticator(settings)
+    tokens = visitor_tokens(settings)
+    widget_specs = settings.widget_key_specs
+    auth = authenticator(settings, tokens)
     connections = ConnectionService(auth, admission, rooms)
+    visitors = VisitorService(
+        {key: WidgetKey(key, tenant, origins) for key, tenant, origins in widget_specs},
+        tokens,
+        coordination.rates,
+        store,
+        rooms,
+        issue_per_minute=settings.visitor_issue_per_minute,
+    )
     handoff = HandoffService(
         store,
         consultations,
@@ -342,6 +373,7 @@ def build(
             token=settings.metrics_token,
             public_without_token=settings.dev_auth,
         ),
+        visitors,
     )
     metrics.watch(_live_figures(components))
     if settings.metrics_port is not None:
@@ -426,7 +458,14 @@ def create_app(
     dependency unreachable past STARTUP_TIMEOUT_SECONDS): ``python -m server`` passes one."""
     components = build(settings, store=store, assistant=assistant)
     components.on_fatal = on_fatal
-    app = web.Application(middlewares=[cors_middleware(settings.allowed_origins)])
+    visitor_routes = VisitorRoutes(
+        components.visitors,
+        components.authenticator,
+        parse_networks(settings.trusted_proxies),
+    )
+    app = web.Application(
+        middlewares=[cors_middleware(settings.allowed_origins, visitor_routes.cors_allowed)]
+    )
     app[COMPONENTS] = components
     components.bridge.install(app)
     components.raw.install(app)
@@ -440,7 +479,8 @@ def create_app(
         handoff=components.handoff,
     ).install(app)
     components.metrics_endpoint.install(app)
-    Pages(client_script(settings)).install(app)
+    visitor_routes.install(app)
+    Pages(client_script(settings), components.visitors.keys).install(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)
     return app
@@ -598,6 +638,7 @@ def describe_mode(settings: Settings) -> list[tuple[int, str]]:
             (logging.WARNING, "assistant: OFFLINE (OPENAI_API_KEY not set): canned replies")
         )
     lines.append(_describe_auth(settings))
+    lines.append(_describe_visitors(settings))
     lines.append(_describe_metrics(settings))
     lines.append((logging.INFO, client_script(settings).describe()))
     return lines
@@ -622,6 +663,23 @@ def _describe_auth(settings: Settings) -> tuple[int, str]:
         "auth: DEV AUTH (no JWT_SECRET; loopback only): anyone on this machine may connect "
         "as a guest. Never run this in production.",
     )
+
+
+def _describe_visitors(settings: Settings) -> tuple[int, str]:
+    keys = settings.widget_key_specs
+    if not keys:
+        return logging.INFO, "widget: no WIDGET_KEYS, visitor tokens are not issued"
+    named = ", ".join(
+        f"{key} ({tenant}, {' '.join(origins) if origins else 'any site'})"
+        for key, tenant, origins in keys
+    )
+    if settings.visitor_secret is None:
+        return (
+            logging.WARNING,
+            f"widget: keys {named}; visitor tokens signed with a key made at start-up: they "
+            "end with this process and work on this instance only (set VISITOR_TOKEN_SECRET)",
+        )
+    return logging.INFO, f"widget: keys {named}"
 
 
 def _describe_metrics(settings: Settings) -> tuple[int, str]:

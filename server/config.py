@@ -8,6 +8,7 @@ is a :class:`ConfigError` naming the variable, and ``python -m server`` exits wi
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
@@ -75,6 +76,24 @@ def _check_algorithms(settings: Settings) -> None:
             f"JWT_SECRET is {length} bytes; {'/'.join(hmac)} needs at least {needed} "
             "(make one: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
         )
+
+
+WIDGET_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def parse_widget_key(item: str) -> tuple[str, str, tuple[str, ...]]:
+    """``key:tenant[:https://a.example|https://b.example]`` → (key, tenant, origins)."""
+    key, _, rest = item.partition(":")
+    tenant, _, listed = rest.partition(":")
+    key, tenant = key.strip(), tenant.strip()
+    if not WIDGET_KEY.fullmatch(key) or not tenant:
+        raise ValueError(f"{item!r} is not key:tenant[:origin|origin] (key: letters, digits, _ -)")
+    origins = tuple(origin.strip().rstrip("/") for origin in listed.split("|") if origin.strip())
+    for origin in origins:
+        scheme, _, host = origin.partition("://")
+        if scheme not in ("http", "https") or not host or "/" in host:
+            raise ValueError(f"{origin!r} in {item!r} is not an origin like https://site.example")
+    return key, tenant, origins
 
 
 class ConfigError(ValueError):
@@ -163,6 +182,13 @@ class Settings(BaseSettings):
     metrics_token: str | None = Field(default=None, repr=False)
     metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
     metrics_host: str = "127.0.0.1"
+    # key:tenant[:https://site.example|https://other.example], comma separated: public keys
+    # of the website widget, each naming its tenant and the sites that may embed it.
+    widget_keys: Items = ()
+    # Signs visitor tokens: JWT_SECRET by default; needed with JWT_PUBLIC_KEY/JWT_JWKS_URL.
+    visitor_token_secret: str | None = Field(default=None, repr=False)
+    visitor_token_ttl_seconds: Seconds = 30 * 24 * 3600.0
+    visitor_issue_per_minute: Count = 10
     admin_ui_username: str | None = None
     admin_ui_password: str | None = Field(default=None, repr=False)
 
@@ -175,7 +201,12 @@ class Settings(BaseSettings):
         return data
 
     @field_validator(
-        "jwt_algorithms", "ai_models", "cors_origins", "trusted_proxies", mode="before"
+        "jwt_algorithms",
+        "ai_models",
+        "cors_origins",
+        "trusted_proxies",
+        "widget_keys",
+        mode="before",
     )
     @classmethod
     def _split_items(cls, value: Any) -> Any:
@@ -194,6 +225,17 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
+
+    @field_validator("widget_keys", mode="after")
+    @classmethod
+    def _widget_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        seen: set[str] = set()
+        for item in value:
+            key, _, _ = parse_widget_key(item)
+            if key in seen:
+                raise ValueError(f"the key {key!r} is listed twice")
+            seen.add(key)
         return value
 
     @field_validator("log_level", mode="after")
@@ -225,7 +267,39 @@ class Settings(BaseSettings):
                 "AUTH_MODE=dev to run dev auth there knowingly (anyone may connect as anyone)"
             )
         _check_algorithms(self)
+        self._check_visitor_secret()
         return self
+
+    def _check_visitor_secret(self) -> None:
+        secret = self.visitor_token_secret
+        if secret is not None and len(secret.encode()) < HMAC_MIN_BYTES["HS256"]:
+            raise ValueError(
+                f"VISITOR_TOKEN_SECRET is {len(secret.encode())} bytes; at least 32 are needed "
+                "(make one: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+            )
+        if self.widget_keys and not self.dev_auth and self.visitor_secret is None:
+            raise ValueError(
+                "WIDGET_KEYS needs VISITOR_TOKEN_SECRET to sign visitor tokens: this server "
+                "cannot sign with JWT_PUBLIC_KEY or JWT_JWKS_URL"
+            )
+
+    @property
+    def visitor_secret(self) -> str | None:
+        """What signs visitor tokens: VISITOR_TOKEN_SECRET, else an HS256 JWT_SECRET (None:
+        dev auth makes one at start-up, which lasts as long as the process)."""
+        if self.visitor_token_secret is not None:
+            return self.visitor_token_secret
+        if self.jwt_secret is not None and "HS256" in self.auth_algorithms:
+            return self.jwt_secret
+        return None
+
+    @property
+    def widget_key_specs(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """(key, tenant, allowed origins) of each WIDGET_KEYS item; in dev auth without any,
+        the key ``dev`` for the default tenant on any site."""
+        if not self.widget_keys and self.dev_auth:
+            return [("dev", "default", ())]
+        return [parse_widget_key(item) for item in self.widget_keys]
 
     @property
     def jwt_key_sources(self) -> list[str]:

@@ -15,6 +15,7 @@ from .models import (
     Message,
     Mode,
     Rating,
+    Role,
     utcnow,
 )
 from .policies import Moderation, RateLimiter
@@ -38,8 +39,11 @@ class Joined:
 
 def can_access(identity: Identity, consultation: Consultation, *, open_access: bool) -> bool:
     """Tenancy is already enforced by the key; within a tenant, users see only their own
-    (unless access is open: dev auth, where nothing is verified anyway)."""
-    return open_access or identity.is_staff or consultation.owner_id == identity.user_id
+    (unless access is open: dev auth, where nothing is verified anyway). A visitor's token is
+    verified even in dev auth: it sees its own consultations only, always."""
+    if consultation.owner_id == identity.user_id or identity.is_staff:
+        return True
+    return open_access and identity.role is not Role.VISITOR
 
 
 class ConsultationService:
@@ -140,6 +144,8 @@ class ConsultationService:
         self._check_content(content)
         self._moderation.check(content)
         current = await self._store.get(consultation.key) or consultation
+        if not can_access(identity, current, open_access=self._open_access):
+            raise Forbidden()  # it changed hands since the join (a visitor who signed in)
         if current.mode is Mode.CLOSED:
             raise ConsultationClosed()
         rate = await self._rate_limiter.hit(identity)

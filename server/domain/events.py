@@ -289,11 +289,15 @@ class Operator(Wire):
 
 class ConsultationUpdated(ServerEvent):
     name = "consultationUpdated"
-    summary = "The consultation's mode changed (ai, waiting, operator, closed); to the room"
+    summary = (
+        "The consultation's mode changed (ai, waiting, operator, closed), or its owner (a "
+        "visitor signed in: ownerId); to the room"
+    )
     consultation_id: str
     mode: Mode
     operator: Operator | None = None
     queue_position: int | None = None
+    owner_id: str | None = None
 
 
 class SupportPending(ServerEvent):

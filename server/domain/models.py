@@ -24,6 +24,7 @@ class Role(StrEnum):
     USER = "user"
     OPERATOR = "operator"
     ADMIN = "admin"
+    VISITOR = "visitor"  # anonymous, from the website widget: a user with fewer rights
 
 
 class Author(StrEnum):

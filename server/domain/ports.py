@@ -58,6 +58,14 @@ class ConsultationStore(Protocol):
         ...
 
 
+class Ownership(Protocol):
+    async def transfer(self, tenant_id: str, from_owner: str, to_owner: str) -> list[Consultation]:
+        """Give every consultation ``from_owner`` owns in the tenant to ``to_owner``, and
+        attribute the messages ``from_owner`` wrote in them to ``to_owner``: a visitor who
+        signed in keeps its history. Returns the consultations moved (none on a repeat)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Appended:
     message: Message
@@ -83,7 +91,7 @@ class MessageStore(Protocol):
         ...
 
 
-class ChatStore(ConsultationStore, MessageStore, Protocol):
+class ChatStore(ConsultationStore, MessageStore, Ownership, Protocol):
     """Consultations and their messages."""
 
 

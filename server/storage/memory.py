@@ -7,7 +7,14 @@ from datetime import datetime
 from statistics import fmean
 from typing import Any
 
-from ..domain.models import Consultation, ConsultationKey, Message, Mode, sorted_consultations
+from ..domain.models import (
+    Author,
+    Consultation,
+    ConsultationKey,
+    Message,
+    Mode,
+    sorted_consultations,
+)
 from ..domain.ports import COUNTED_ROLES, Appended, OneOf, Stats
 
 
@@ -71,6 +78,22 @@ class MemoryStore:
         updated = current.model_validate({**current.model_dump(), **changes})
         self._consultations[key] = updated
         return updated
+
+    async def transfer(self, tenant_id: str, from_owner: str, to_owner: str) -> list[Consultation]:
+        moved = []
+        for key, consultation in list(self._consultations.items()):
+            if key.tenant_id != tenant_id or consultation.owner_id != from_owner:
+                continue
+            moved.append(consultation.model_copy(update={"owner_id": to_owner}))
+            self._consultations[key] = moved[-1]
+            log = self._messages.get(key, [])
+            for index, message in enumerate(log):
+                if message.role is Author.USER and message.user_id == from_owner:
+                    log[index] = message.model_copy(update={"user_id": to_owner})
+                    self._by_id[message.id] = log[index]
+                    if message.client_message_id is not None:
+                        self._by_client_id[(key, message.client_message_id)] = log[index]
+        return moved
 
     async def append(self, message: Message) -> Appended:
         # No await between reading and appending: atomic on the event loop.

@@ -22,6 +22,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, uri
 from pymongo.errors import DuplicateKeyError, InvalidURI, PyMongoError
 
 from ..domain.models import (
+    Author,
     Consultation,
     ConsultationKey,
     Message,
@@ -78,6 +79,10 @@ class MongoStore:
         )
         await self._consultations.create_index(
             [("operator.id", ASCENDING), ("mode", ASCENDING)], name="operator_mode"
+        )
+        # A visitor's consultations, moved to the user it signs in as.
+        await self._consultations.create_index(
+            [("tenantId", ASCENDING), ("ownerId", ASCENDING)], name="tenant_owner"
         )
         # The stats: a tenant's consultations and messages over a period.
         await self._consultations.create_index(
@@ -224,6 +229,31 @@ class MongoStore:
                 query, {"$set": values}, return_document=ReturnDocument.AFTER
             )
         return _consultation(doc) if doc else None
+
+    async def transfer(self, tenant_id: str, from_owner: str, to_owner: str) -> list[Consultation]:
+        owned = {"tenantId": tenant_id, "ownerId": from_owner}
+        async with _translated("find consultations"):
+            docs = await self._consultations.find(owned, projection={"consultationId": 1}).to_list()
+        ids = [doc["consultationId"] for doc in docs]
+        if not ids:
+            return []
+        # Messages first: a retry after a failure between the two finds the consultations
+        # still owned by the visitor and moves both again (each update is idempotent).
+        written = {
+            "tenantId": tenant_id,
+            "consultationId": {"$in": ids},
+            "role": Author.USER.value,
+            "userId": from_owner,
+        }
+        async with _translated("move messages"):
+            await self._messages.update_many(written, {"$set": {"userId": to_owner}})
+            await self._consultations.update_many(
+                {**owned, "consultationId": {"$in": ids}}, {"$set": {"ownerId": to_owner}}
+            )
+            moved = await self._consultations.find(
+                {"tenantId": tenant_id, "consultationId": {"$in": ids}}
+            ).to_list()
+        return [_consultation(doc) for doc in moved]
 
     async def append(self, message: Message) -> Appended:
         for attempt in range(MAX_SEQ_ATTEMPTS):

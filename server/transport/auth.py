@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 import jwt
 
 from ..domain.models import Identity, Role, valid_user_id
+from ..domain.visitors import IssuedToken
 from ..errors import AuthUnavailable, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -82,14 +83,63 @@ class JwksKeys:
         return found.key
 
 
+VISITOR_KID = "visitor"  # the header of the tokens this server signs for visitors
+VISITOR_ISSUER = "consultation-server:visitors"
+
+
+@dataclass(frozen=True)
+class VisitorTokens:
+    """Visitor tokens, signed by this server (HS256) with ``secret``: JWT_SECRET, or
+    VISITOR_TOKEN_SECRET when the users' tokens come from an identity provider. Their header
+    says ``kid: visitor``, and only a ``visitor`` role is accepted in them, so the key can
+    never mint a user, an operator or an admin."""
+
+    secret: str = field(repr=False)
+    ttl: timedelta = timedelta(days=30)
+
+    def issue_visitor(self, visitor_id: str, tenant_id: str) -> IssuedToken:
+        now = datetime.now(UTC).replace(microsecond=0)
+        expires_at = now + self.ttl
+        claims = {
+            "sub": visitor_id,
+            "tenant": tenant_id,
+            "role": Role.VISITOR.value,
+            "iss": VISITOR_ISSUER,
+            "iat": now,
+            "exp": expires_at,
+        }
+        token = jwt.encode(claims, self.secret, algorithm="HS256", headers={"kid": VISITOR_KID})
+        return IssuedToken(token, expires_at)
+
+    def verify(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=["HS256"],
+                issuer=VISITOR_ISSUER,
+                options={"require": ["sub", "exp", "iss"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("The token has expired", reason="expired") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(f"The token is not valid: {exc}") from exc
+        identity = _identity(claims)
+        if identity.role is not Role.VISITOR:
+            raise Unauthorized("A visitor token must have the visitor role")
+        return identity
+
+
 @dataclass(frozen=True)
 class Authenticator:
-    """Verifies tokens with ``keys``; without keys it is dev auth (nothing to verify)."""
+    """Verifies tokens with ``keys``; without keys it is dev auth (nothing to verify).
+    Visitor tokens (``kid: visitor``) are verified with ``visitors``, in either mode."""
 
     keys: KeySource | None
     algorithms: tuple[str, ...] = ("HS256",)
     audience: str | None = None
     issuer: str | None = None
+    visitors: VisitorTokens | None = None
 
     @classmethod
     def with_secret(cls, secret: str | None, **options: Any) -> Authenticator:
@@ -108,6 +158,8 @@ class Authenticator:
             if self.keys is None:
                 return dev_identity(dev)
             raise Unauthorized("A token is required")
+        if self.visitors is not None and _key_id(token) == VISITOR_KID:
+            return self.visitors.verify(token)
         if self.keys is None:
             # Without a key nothing can be verified: trusting an unverified token would let
             # anyone claim any identity, so tokens are refused rather than believed.
@@ -165,6 +217,14 @@ class Authenticator:
         if self.issuer:
             claims["iss"] = self.issuer
         return jwt.encode(claims, self.keys.secret, algorithm=self.algorithms[0])
+
+
+def _key_id(token: str) -> str | None:
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError:
+        return None  # verified (and refused) by the main path
+    return kid if isinstance(kid, str) else None
 
 
 def _identity(claims: Mapping[str, Any]) -> Identity:

@@ -25,7 +25,11 @@ Status = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def error_response(error: AppError) -> web.Response:
-    return web.json_response({"ok": False, "error": error.to_wire()}, status=error.http_status)
+    response = web.json_response({"ok": False, "error": error.to_wire()}, status=error.http_status)
+    retry_after = error.details.get("retryAfter")
+    if isinstance(retry_after, int):
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 class Routes:
@@ -189,11 +193,16 @@ def _rounded(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def cors_middleware(origins: Sequence[str] | str | None) -> Any:
-    """CORS for the REST routes, with the same origins as Socket.IO (which handles its own)."""
+def cors_middleware(
+    origins: Sequence[str] | str | None, also: Callable[[str, str], bool] | None = None
+) -> Any:
+    """CORS for the REST routes, with the same origins as Socket.IO (which handles its own);
+    ``also(path, origin)`` allows more (the visitor routes: the widget keys' sites)."""
 
-    def allowed(origin: str) -> bool:
-        return origins == "*" or (isinstance(origins, list) and origin in origins)
+    def allowed(path: str, origin: str) -> bool:
+        if origins == "*" or (isinstance(origins, list) and origin in origins):
+            return True
+        return also is not None and also(path, origin)
 
     @web.middleware
     async def middleware(
@@ -201,11 +210,11 @@ def cors_middleware(origins: Sequence[str] | str | None) -> Any:
     ) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         is_api = request.path.startswith("/api/")
-        if not (origin and is_api and allowed(origin)):
+        if not (origin and is_api and allowed(request.path, origin)):
             return await handler(request)
         if request.method == "OPTIONS":
             response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, OPTIONS"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             response.headers["Access-Control-Max-Age"] = "600"
         else:

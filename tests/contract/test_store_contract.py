@@ -276,3 +276,38 @@ async def test_stats_count_a_tenants_consultations_and_messages_in_a_period(stor
     assert (await store.stats("stats-t", None, None)).avg_rating == 3.0  # the last one counts
     reread = await store.get(a)
     assert reread is not None and reread.rating == rated_again.rating
+
+
+async def test_transfer_gives_a_visitors_consultations_and_messages_to_the_user(
+    store: Store,
+) -> None:
+    mine = [ConsultationKey("tenant-a", f"v-{n}") for n in range(2)]
+    someone_elses = ConsultationKey("tenant-a", "other")
+    other_tenant = ConsultationKey("tenant-b", "v-0")
+    for key in [*mine, other_tenant]:
+        await store.get_or_create(key, "visitor-1")
+        await store.append(draft(key, user_id="visitor-1", client_message_id=f"c-{key}"))
+        await store.append(draft(key, role=Author.ASSISTANT, user_id=None))
+    await store.get_or_create(someone_elses, "visitor-2")
+    await store.append(draft(someone_elses, user_id="visitor-2"))
+
+    moved = await store.transfer("tenant-a", "visitor-1", "user-9")
+
+    assert sorted(c.consultation_id for c in moved) == ["v-0", "v-1"]
+    assert all(c.owner_id == "user-9" for c in moved)
+    for key in mine:
+        consultation = await store.get(key)
+        assert consultation is not None and consultation.owner_id == "user-9"
+        question, answer = await store.recent(key, 10)
+        assert (question.user_id, answer.user_id) == ("user-9", None)
+        # A retried send finds the message under its new author.
+        retried = await store.append(
+            draft(key, user_id="user-9", client_message_id=f"c-{key}", content="again")
+        )
+        assert (retried.created, retried.message.id) == (False, question.id)
+    # Another visitor's and another tenant's stay where they were.
+    assert (await store.get(someone_elses)).owner_id == "visitor-2"  # type: ignore[union-attr]
+    assert (await store.get(other_tenant)).owner_id == "visitor-1"  # type: ignore[union-attr]
+    [theirs, *_] = await store.recent(other_tenant, 10)
+    assert theirs.user_id == "visitor-1"
+    assert await store.transfer("tenant-a", "visitor-1", "user-9") == []  # a repeat moves none

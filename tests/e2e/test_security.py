@@ -67,6 +67,13 @@ def run_server(**env: str) -> subprocess.CompletedProcess[str]:
         ),
         ({"JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\\nnope"}, ["JWT_PUBLIC_KEY"]),
         ({"JWT_PUBLIC_KEY": "/nonexistent/key.pem"}, ["JWT_PUBLIC_KEY", "No such file"]),
+        # Visitor tokens need a key this server can sign with.
+        (
+            {"JWT_JWKS_URL": "https://idp.example/jwks.json", "WIDGET_KEYS": "site:t1"},
+            ["WIDGET_KEYS needs VISITOR_TOKEN_SECRET"],
+        ),
+        ({"JWT_SECRET": JWT_SECRET, "WIDGET_KEYS": "site:t1:ftp://x"}, ["WIDGET_KEYS", "ftp://x"]),
+        ({"VISITOR_TOKEN_SECRET": "short"}, ["VISITOR_TOKEN_SECRET is 5 bytes"]),
     ],
 )
 def test_unsafe_or_broken_auth_settings_refuse_to_start(

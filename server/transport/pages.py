@@ -1,15 +1,19 @@
-"""The browser pages: the demo chat (``/``), the operator console (``/operator``), their shared
-CSS/JS (``/static/``) and, when installed, the socket.io-client bundle (``/vendor/``)."""
+"""The browser pages: the demo chat (``/``), the operator console (``/operator``), the website
+widget (``/widget.js``, which any site embeds, and ``/widget``, the chat in its frame), their
+shared CSS/JS (``/static/``) and, when installed, the socket.io-client bundle (``/vendor/``)."""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import web
+
+from ..domain.visitors import WidgetKey
 
 CDN_CLIENT_URL = "https://cdn.socket.io/4.8.1/socket.io.min.js"
 # Subresource Integrity of that file: the browser refuses it if the CDN ever serves other bytes
@@ -23,8 +27,12 @@ STATIC_FILES = {
     "operator.js": "text/javascript",
     "client-fallback.js": "text/javascript",
     "favicon.svg": "image/svg+xml",
+    "widget.css": "text/css",
+    "widget-app.js": "text/javascript",
 }
 PAGES = {"/": "index.html", "/operator": "operator.html"}
+WIDGET_PAGE = "widget.html"
+WIDGET_LOADER = "widget.js"  # served at /widget.js: the one tag a site adds
 # Every response (on_response_prepare, so WebSocket upgrades and errors too).
 COMMON_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -84,8 +92,9 @@ class ClientScript:
                     sources.append(origin)
         return sources
 
-    def content_security_policy(self) -> str:
-        """Scripts only from files (no inline script, no eval), nothing framing the pages."""
+    def content_security_policy(self, frame_ancestors: str = "'none'") -> str:
+        """Scripts only from files (no inline script, no eval); framed by ``frame_ancestors``
+        (nobody, but the widget's frame by its key's sites)."""
         return "; ".join(
             [
                 "default-src 'self'",
@@ -96,7 +105,7 @@ class ClientScript:
                 "object-src 'none'",
                 "base-uri 'none'",
                 "form-action 'self'",
-                "frame-ancestors 'none'",
+                f"frame-ancestors {frame_ancestors}",
             ]
         )
 
@@ -109,15 +118,17 @@ def _sri(url: str) -> str:
 
 
 class Pages:
-    def __init__(self, client: ClientScript) -> None:
+    def __init__(self, client: ClientScript, widget_keys: Mapping[str, WidgetKey]) -> None:
         self._client = client
+        self._widget_keys = widget_keys
         folder = resources.files(__package__).joinpath("static")
         self._pages: dict[str, str] = {}
-        for route, name in PAGES.items():
+        for route, name in [*PAGES.items(), ("/widget", WIDGET_PAGE)]:
             text = folder.joinpath(name).read_text("utf-8")
             for placeholder, value in client.tags().items():
                 text = text.replace(placeholder, value)
             self._pages[route] = text
+        self._loader = folder.joinpath(WIDGET_LOADER).read_bytes()
         self._static = {name: folder.joinpath(name).read_bytes() for name in STATIC_FILES}
         self._page_headers = {
             "Content-Security-Policy": client.content_security_policy(),
@@ -129,6 +140,8 @@ class Pages:
         app.on_response_prepare.append(_common_headers)
         for route in PAGES:
             app.router.add_get(route, self.page)
+        app.router.add_get("/widget", self.widget)
+        app.router.add_get("/widget.js", self.widget_loader)
         app.router.add_get("/static/{name}", self.static)
         if self._client.bundle is not None:
             app.router.add_get(LOCAL_CLIENT_URL, self.bundle)
@@ -137,6 +150,35 @@ class Pages:
     async def page(self, request: web.Request) -> web.Response:
         return web.Response(
             text=self._pages[request.path], content_type="text/html", headers=self._page_headers
+        )
+
+    async def widget(self, request: web.Request) -> web.Response:
+        """The chat in the widget's frame: only the key's sites may frame it (any site for a
+        key without origins)."""
+        key = self._widget_keys.get(request.query.get("key", ""))
+        if key is None:
+            return web.Response(
+                status=404,
+                text="Unknown widget key: check data-widget-key against WIDGET_KEYS.",
+                headers={"Cache-Control": "no-cache"},
+            )
+        ancestors = " ".join(key.origins) if key.origins else "*"
+        headers = {
+            "Content-Security-Policy": self._client.content_security_policy(ancestors),
+            "Cache-Control": "no-cache",
+        }
+        return web.Response(text=self._pages["/widget"], content_type="text/html", headers=headers)
+
+    async def widget_loader(self, request: web.Request) -> web.Response:
+        """The one script a site embeds: loaded cross-origin by every page of it."""
+        return web.Response(
+            body=self._loader,
+            content_type="text/javascript",
+            charset="utf-8",
+            headers={
+                "Cache-Control": "max-age=300",
+                "Cross-Origin-Resource-Policy": "cross-origin",
+            },
         )
 
     async def static(self, request: web.Request) -> web.Response:

@@ -71,9 +71,10 @@
   // -- The conversation: stored messages once each (by id, in seq order), replies streaming in
   // chunk by chunk (by index: a chunk already shown is never shown twice).
   class Log {
-    constructor(node, whoAmI) {
+    constructor(node, whoAmI, labels = {}) {
       this.node = node;
       this.whoAmI = whoAmI; // () => my user id
+      this.labels = Object.assign({ you: "You", assistant: "Assistant", support: "support" }, labels);
       this.byId = new Map();
       this.streams = new Map(); // messageId -> {bubble, text, index}
     }
@@ -124,7 +125,7 @@
       if (!stream) {
         const bubble = el("div", "msg assistant streaming");
         bubble.dataset.id = messageId;
-        bubble.append(el("div", "meta", "Assistant · " + clock()), el("div", "body"));
+        bubble.append(el("div", "meta", this.labels.assistant + " · " + clock()), el("div", "body"));
         this.node.appendChild(bubble);
         stream = { bubble, text: "", index: -1 };
         this.streams.set(messageId, stream);
@@ -152,8 +153,9 @@
       bubble.dataset.seq = String(message.seq);
       bubble.textContent = "";
       if (message.role === "system") { bubble.textContent = message.content; return; }
-      const who = mine ? "You" : message.role === "assistant" ? "Assistant"
-        : message.role === "operator" ? (message.authorName || message.userId) + " (support)" : message.userId;
+      const labels = this.labels;
+      const who = mine ? labels.you : message.role === "assistant" ? labels.assistant
+        : message.role === "operator" ? (message.authorName || message.userId) + " (" + labels.support + ")" : message.userId;
       const meta = el("div", "meta", who + " · " + clock(message.timestamp));
       if (message.status && message.status !== "complete") meta.appendChild(el("span", "status", message.status));
       const body = el("div", "body");
@@ -177,7 +179,9 @@
   }
 
   // -- One joined consultation on a socket: joins (again after every reconnection, with
-  // lastSeq, so nothing is missed), and routes the room's events to the log.
+  // lastSeq, so nothing is missed; again after a history_gap, from its afterSeq), and routes
+  // the room's events to the log. hooks: onJoined(ack), onError(error), extra() (more fields
+  // for the join: the page context).
   class Room {
     constructor(socket, consultationId, log, hooks = {}) {
       this.socket = socket;
@@ -189,14 +193,17 @@
         aiMessage: (m) => m.consultationId === this.id && log.add(m),
         systemMessage: (m) => m.consultationId === this.id && log.add(m),
         aiChunk: (c) => c.consultationId === this.id && log.chunk(c),
+        error: (e) => e.consultationId === this.id && e.code === "history_gap" && this.catchUp(e.afterSeq),
       };
       for (const [event, handler] of Object.entries(this.handlers)) socket.on(event, handler);
       this.rejoin = () => this.join();
       socket.on("connect", this.rejoin);
     }
 
-    async join() {
-      const ack = await call(this.socket, "joinConsultation", { consultationId: this.id, lastSeq: this.log.lastSeq() || undefined });
+    async join(afterSeq) {
+      const lastSeq = afterSeq !== undefined ? afterSeq : this.log.lastSeq() || undefined;
+      const extra = this.hooks.extra ? this.hooks.extra() : {};
+      const ack = await call(this.socket, "joinConsultation", Object.assign({ consultationId: this.id, lastSeq }, extra));
       if (!ack.ok) { this.hooks.onError && this.hooks.onError(ack.error); return ack; }
       ack.messages.forEach((m) => this.log.add(m));
       if (ack.streaming) this.log.streaming(ack.streaming);
@@ -204,7 +211,23 @@
       return ack;
     }
 
+    // Messages after afterSeq may be missing here (the server could not read them): join again
+    // from there until it answers; the log places what comes back by seq, once each.
+    async catchUp(afterSeq) {
+      if (this.catchingUp) return;
+      this.catchingUp = true;
+      try {
+        for (let delay = 1000; !this.closed; delay = Math.min(delay * 2, 30000)) {
+          await new Promise((resolve) => setTimeout(resolve, delay));
+          if (this.socket.connected && (await this.join(afterSeq)).ok) break;
+        }
+      } finally {
+        this.catchingUp = false;
+      }
+    }
+
     close() {
+      this.closed = true;
       for (const [event, handler] of Object.entries(this.handlers)) this.socket.off(event, handler);
       this.socket.off("connect", this.rejoin);
     }

@@ -142,7 +142,12 @@
         if (!isOpen) { unread += 1; tellHost("unread", { count: unread }); }
       });
     }
-    joinRoom();
+    // A conversation begins with its first message: opening the chat creates nothing.
+    if (store.get("consultation")) joinRoom(); else greet();
+  }
+
+  function greet() {
+    if (!greeted) { greeted = true; log.notice(t("greeting")); }
   }
 
   function restart() {
@@ -160,27 +165,29 @@
         const c = ack.consultation;
         setMode(c.mode, c.operator);
         streaming = Boolean(ack.streaming); $("stop").hidden = !streaming; indicator();
-        if (!log.byId.size && !greeted) { greeted = true; log.notice(t("greeting")); }
-        if (log.byId.size) tellHost("active");
+        if (!log.byId.size) greet();
+        tellHost("active");
       },
       onError: (error) => {
         if (error.code === "forbidden") { newConversation(); return; } // no longer this visitor's
         log.notice(error.message);
       },
     });
-    if (socket.connected) room.join();
+    return socket.connected ? room.join() : Promise.resolve({ ok: false });
   }
 
   function newConversation() {
     consultationId = newId();
-    store.set("consultation", consultationId);
+    store.drop("consultation");
     if (room) room.close();
+    room = null;
     log.clear();
     greeted = false;
     rated = false;
     score = 0;
+    setMode("ai");
     $("rating").hidden = true;
-    if (socket) joinRoom();
+    greet();
   }
 
   // -- what the visitor sees of the consultation's state ---------------------------------------
@@ -248,6 +255,12 @@
     const content = $("content").value;
     if (!socket || !content.trim() || mode === "closed") return;
     $("content").value = "";
+    if (!room && !(await joinRoom()).ok) { // the conversation could not begin: keep the text
+      if (room) room.close();
+      room = null;
+      $("content").value = content;
+      return;
+    }
     const payload = { consultationId, content, clientMessageId: newId() };
     if (context) payload.context = context;
     const ack = await Chat.call(socket, "sendMessage", payload);
@@ -280,8 +293,9 @@
     $("content").focus();
   };
 
-  $("close").onclick = () => tellHost("close");
-  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !e.defaultPrevented) tellHost("close"); });
+  function hide() { isOpen = false; tellHost("close"); } // the page hides the frame
+  $("close").onclick = hide;
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !e.defaultPrevented) hide(); });
 
   // -- the embedding page -----------------------------------------------------------------------
   async function identify(id, userToken) {

@@ -60,7 +60,9 @@
 
   function layout() {
     if (!frame) return;
-    var small = window.innerWidth < 480; // a phone: the chat takes the whole screen
+    // A phone (also a page without a viewport meta tag, laid out wider than the screen):
+    // the chat takes the whole screen.
+    var small = Math.min(window.innerWidth, screen.width || window.innerWidth) < 480;
     style(frame, small
       ? { top: "0", left: "0", right: "0", bottom: "0", width: "100%", height: "100%", borderRadius: "0" }
       : { top: "auto", left: "auto", right: "20px", bottom: "88px", width: "370px", height: "min(600px, calc(100vh - 108px))", borderRadius: "14px" });

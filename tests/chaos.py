@@ -209,8 +209,10 @@ class Client:
             return True
         return False
 
-    async def send(self, content: str, stop: asyncio.Event) -> None:
-        """Send until acknowledged, with one clientMessageId: retries are idempotent."""
+    async def send(self, content: str) -> None:
+        """Send until acknowledged, with one clientMessageId: retries are idempotent. A send
+        under way when the load stops goes on until acknowledged, as a message pending on a
+        screen does (the server may have stored it already)."""
         self.sent += 1
         client_id = uuid.uuid4().hex
         payload = {
@@ -218,8 +220,8 @@ class Client:
             "content": content,
             "clientMessageId": client_id,
         }
-        while not stop.is_set():
-            if not await self._ensure_joined(stop):
+        while not self._closed.is_set():
+            if not await self._ensure_joined(self._closed):
                 return
             try:
                 ack = await self.sio.call("sendMessage", payload, namespace=NAMESPACE, timeout=5)
@@ -240,7 +242,7 @@ class Client:
     async def run(self, stop: asyncio.Event, rng: random.Random) -> None:
         n = 0
         while not stop.is_set():
-            await self.send(f"{self.name} question {n}", stop)
+            await self.send(f"{self.name} question {n}")
             n += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), rng.uniform(1.5, 3.5))
@@ -385,7 +387,7 @@ class RawClient:
             self._count("timeout or disconnect")
             return None
 
-    async def send(self, content: str, stop: asyncio.Event) -> None:
+    async def send(self, content: str) -> None:
         self.sent += 1
         client_id = uuid.uuid4().hex
         payload = {
@@ -393,9 +395,9 @@ class RawClient:
             "content": content,
             "clientMessageId": client_id,
         }
-        while not stop.is_set():
-            await first_of(self._joined, stop)
-            if stop.is_set():
+        while not self._closed.is_set():  # until acknowledged, as Client.send
+            await first_of(self._joined, self._closed)
+            if self._closed.is_set():
                 return
             ack = await self._call("sendMessage", payload)
             if ack is not None and ack.get("ok"):
@@ -412,7 +414,7 @@ class RawClient:
         self._connection = asyncio.ensure_future(self.connection())
         n = 0
         while not stop.is_set():
-            await self.send(f"{self.name} question {n}", stop)
+            await self.send(f"{self.name} question {n}")
             n += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), rng.uniform(1.5, 3.5))
@@ -741,7 +743,9 @@ async def run(
         await asyncio.sleep(max(0.0, stack.started + seconds - time.monotonic()))
         stop.set()
         stack.note("load stops; settling")
-        await asyncio.gather(*senders, return_exceptions=True)
+        # Sends under way finish (acknowledged) first; a client still without its ack after
+        # a minute shows up below as a message it lacks.
+        await asyncio.wait(senders, timeout=60)
         store = await settle(clients, stack, timeout=60)
         stack.note("settled")
         rows, ok = report(clients, store, stack, seconds, landed)

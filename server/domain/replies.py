@@ -89,6 +89,9 @@ class ReplySettings:
     resume: bool = True  # continue a reply whose instance died (off: store what streamed)
 
 
+MAX_LOSSES = 3  # lock losses in a row before leaving a consultation's questions to others
+
+
 class _Lost(Exception):
     """Another instance owns this reply now: send nothing more, store nothing."""
 
@@ -306,6 +309,7 @@ class ReplyService:
 
     async def _serve(self, key: ConsultationKey, *, mark: bool, overdue: bool = False) -> None:
         name = key.room
+        losses = 0
         try:
             if mark:
                 await self._queue.mark_pending(name)
@@ -321,25 +325,19 @@ class ReplyService:
                         return
                     await asyncio.sleep(random.uniform(0.5, 1.0) * min(0.5, self._ttl / 4))
                     continue
-                await self._inflight.touch(name, self._ttl)
-                try:
-                    # The lock is new: a reply still buffered was its dead holder's.
-                    await self._continue_orphan(key, lock)
-                    answered = True
-                    # The store is the truth: a question stored after the last reply is
-                    # answered even if its pending flag was lost (Redis restarted empty).
-                    while await self._queue.take_pending(name) or (
-                        answered and await self._unanswered(key)
-                    ):
-                        if not await self._answers(key):
-                            break  # a human holds it, or it is closed: the assistant is silent
-                        answered = await self._reply_once(key, lock)
-                except _Lost:
-                    log.warning("the reply in %s was taken over by another instance", name)
-                    return  # the new owner answers what is pending, and holds the lock
-                finally:
-                    await self._inflight.drop(name)
-                    await lock.release()
+                if await self._answer_pending(key, lock):
+                    losses = 0
+                else:
+                    losses += 1
+                    if losses > MAX_LOSSES:
+                        return
+                    # Whoever holds the lock now answers what is pending. But the lock may
+                    # have gone with nobody behind it (Redis restarted empty): then it is
+                    # free, and the questions are ours again (a new acquisition, with a new
+                    # fence: never a write for the lost reply).
+                    await asyncio.sleep(random.uniform(0.5, 1.0) * min(1.0, self._ttl / 4))
+                    overdue = False
+                    continue
                 # A request may have marked pending between our last take and the release,
                 # and failed to lock because we still held it: look once more.
                 if not await self._queue.is_pending(name):
@@ -349,6 +347,37 @@ class ReplyService:
             await self._safe_emit(key, _error(key, exc))
         except Exception:
             log.exception("reply for %s failed", name)
+
+    async def _answer_pending(self, key: ConsultationKey, lock: Lock) -> bool:
+        """Holding the lock: continue a dead holder's reply, then answer every pending or
+        unanswered question. False when the lock went to another holder meanwhile."""
+        name = key.room
+        await self._inflight.touch(name, self._ttl)
+        try:
+            # The lock is new: a reply still buffered was its dead holder's.
+            await self._continue_orphan(key, lock)
+            answered = True
+            # The store is the truth: a question stored after the last reply is answered
+            # even if its pending flag was lost (Redis restarted empty).
+            while await self._queue.take_pending(name) or (
+                answered and await self._unanswered(key)
+            ):
+                if not await self._answers(key):
+                    break  # a human holds it, or it is closed: the assistant is silent
+                answered = await self._reply_once(key, lock)
+        except _Lost:
+            log.warning("the reply in %s was taken over by another instance", name)
+            # Its in-flight entry is the new holder's now: if that one dies, the reapers
+            # must still find it.
+            await lock.release()
+            return False
+        except BaseException:
+            await self._inflight.drop(name)
+            await lock.release()
+            raise
+        await self._inflight.drop(name)
+        await lock.release()
+        return True
 
     async def _answers(self, key: ConsultationKey) -> bool:
         """Whether the assistant answers in this consultation now (not while an operator

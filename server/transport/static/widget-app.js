@@ -13,7 +13,7 @@
   const STRINGS = {
     en: {
       title: "Chat with us", close: "Close chat", send: "Send", stop: "Stop", human: "Talk to a human",
-      placeholder: "Type your question… (Enter to send)", messageLabel: "Your message",
+      placeholder: "Type your question…", messageLabel: "Your message",
       you: "You", assistant: "Assistant", support: "support",
       greeting: "Hello! Ask me anything — and if you would rather talk to a person, press “Talk to a human”.",
       humanQuestion: "What do you need help with? (optional)", humanConfirm: "Ask for a person", cancel: "Cancel",
@@ -27,7 +27,7 @@
     },
     ru: {
       title: "Напишите нам", close: "Закрыть чат", send: "Отправить", stop: "Стоп", human: "Позвать человека",
-      placeholder: "Ваш вопрос… (Enter — отправить)", messageLabel: "Ваше сообщение",
+      placeholder: "Ваш вопрос…", messageLabel: "Ваше сообщение",
       you: "Вы", assistant: "Ассистент", support: "поддержка",
       greeting: "Здравствуйте! Задайте вопрос, а если хотите поговорить с человеком, нажмите «Позвать человека».",
       humanQuestion: "С чем вам помочь? (необязательно)", humanConfirm: "Позвать человека", cancel: "Отмена",
@@ -41,7 +41,7 @@
     },
     zh: {
       title: "联系我们", close: "关闭聊天", send: "发送", stop: "停止", human: "转人工",
-      placeholder: "请输入您的问题…（按 Enter 发送）", messageLabel: "您的消息",
+      placeholder: "请输入您的问题…", messageLabel: "您的消息",
       you: "您", assistant: "助手", support: "客服",
       greeting: "您好！请随时提问；如需人工服务，请点击“转人工”。",
       humanQuestion: "需要什么帮助？（可选）", humanConfirm: "转人工", cancel: "取消",

@@ -36,11 +36,21 @@
   style(launcher, {
     position: "fixed", right: "20px", bottom: "20px", width: "56px", height: "56px", padding: "0",
     borderRadius: "50%", border: "none", background: "#2f6fed", color: "#fff", cursor: "pointer",
-    boxShadow: "0 4px 14px rgba(0,0,0,.25)", zIndex: "2147483000", font: "26px/56px system-ui, sans-serif",
+    boxShadow: "0 4px 14px rgba(0,0,0,.25)", zIndex: "2147483000",
   });
-  var icon = document.createElement("span");
+  // A speech bubble (an SVG built in the DOM: no font or emoji needed, nothing inline).
+  var SVG = "http://www.w3.org/2000/svg";
+  var icon = document.createElementNS(SVG, "svg");
+  icon.setAttribute("viewBox", "0 0 24 24");
+  icon.setAttribute("width", "28");
+  icon.setAttribute("height", "28");
   icon.setAttribute("aria-hidden", "true");
-  icon.textContent = "💬";
+  icon.setAttribute("focusable", "false");
+  var bubble = document.createElementNS(SVG, "path");
+  bubble.setAttribute("fill", "currentColor");
+  bubble.setAttribute("d", "M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H9l-5 4v-4H4a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2zm3 6.5a1.5 1.5 0 1 0 0 .01zm5 0a1.5 1.5 0 1 0 0 .01zm5 0a1.5 1.5 0 1 0 0 .01z");
+  icon.appendChild(bubble);
+  style(icon, { display: "block", margin: "auto" });
   var badge = document.createElement("span");
   badge.setAttribute("data-consultation-widget", "badge");
   style(badge, {

@@ -14,6 +14,7 @@ from .models import (
     Identity,
     Message,
     Mode,
+    PageContext,
     Rating,
     Role,
     utcnow,
@@ -70,12 +71,19 @@ class ConsultationService:
         self.stored_total = 0  # user messages this instance stored since it started
 
     async def join(
-        self, identity: Identity, connection_id: str, consultation_id: str, last_seq: int | None
+        self,
+        identity: Identity,
+        connection_id: str,
+        consultation_id: str,
+        last_seq: int | None,
+        *,
+        context: PageContext | None = None,
     ) -> Joined:
         key = ConsultationKey(identity.tenant_id, consultation_id)
-        consultation = await self._store.get_or_create(key, identity.user_id)
+        consultation = await self._store.get_or_create(key, identity.user_id, identity.role)
         if not can_access(identity, consultation, open_access=self._open_access):
             raise Forbidden()
+        consultation = await self._remember(identity, consultation, context)
         # Enter the room before reading history: a message stored in between is then seen
         # live (clients de-duplicate by seq) instead of being missed.
         entered = await self._rooms.join(connection_id, key.room, ordered=True)
@@ -105,6 +113,16 @@ class ConsultationService:
         if streaming is not None and any(m.id == streaming.message_id for m in messages):
             streaming = None
         return Joined(consultation, messages, streaming)
+
+    async def _remember(
+        self, identity: Identity, consultation: Consultation, context: PageContext | None
+    ) -> Consultation:
+        """Keep the owner's latest page context on the consultation (written only when it
+        changed: not a write per message). Staff do not speak for the customer's page."""
+        if context is None or context == consultation.context or identity.is_staff:
+            return consultation
+        updated = await self._store.update(consultation.key, {"context": context})
+        return updated or consultation
 
     async def _head(self, key: ConsultationKey) -> int:
         newest = await self._store.recent(key, 1)
@@ -140,12 +158,15 @@ class ConsultationService:
         content: str,
         client_message_id: str | None,
         origin: str | None,
+        *,
+        context: PageContext | None = None,
     ) -> Message:
         self._check_content(content)
         self._moderation.check(content)
         current = await self._store.get(consultation.key) or consultation
         if not can_access(identity, current, open_access=self._open_access):
             raise Forbidden()  # it changed hands since the join (a visitor who signed in)
+        current = await self._remember(identity, current, context)
         if current.mode is Mode.CLOSED:
             raise ConsultationClosed()
         rate = await self._rate_limiter.hit(identity)

@@ -8,15 +8,26 @@ the wire); ``/ws/handlers``, ``/asyncapi.json``, README's tables and the tests r
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from ..errors import InvalidPayload
-from .models import Author, Message, Mode
+from .models import Author, Message, Mode, PageContext
 
 # -- client payloads -----------------------------------------------------------------------------
 
@@ -60,11 +71,51 @@ class Payload(BaseModel):
             raise _invalid(exc) from None
 
 
+MAX_CONTEXT_BYTES = 2048
+MAX_CONTEXT_ATTRIBUTES = 20
+
+
+class PageIn(Payload):
+    url: Annotated[StrictStr, Field(min_length=1, max_length=2048)]
+    title: Annotated[StrictStr, Field(max_length=500)] | None = None
+
+
+AttributeName = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+AttributeValue = StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=500)]
+
+
+class ContextIn(Payload):
+    """Where the person is: the page (and what it shows), as the client says. Untrusted: shown
+    to operators, given to the assistant as data."""
+
+    page: PageIn | None = None
+    attributes: dict[AttributeName, AttributeValue] | None = Field(
+        default=None, max_length=MAX_CONTEXT_ATTRIBUTES, description="at most 20"
+    )
+
+    @model_validator(mode="after")
+    def _small(self) -> Self:
+        size = len(json.dumps(self.model_dump(exclude_none=True), ensure_ascii=False).encode())
+        if size > MAX_CONTEXT_BYTES:
+            raise ValueError(f"is {size} bytes as JSON, more than {MAX_CONTEXT_BYTES}")
+        return self
+
+    def stored(self) -> PageContext:
+        return PageContext.model_validate(self.model_dump(exclude_none=True))
+
+
+CONTEXT_DESCRIPTION = (
+    "optional {page?: {url, title?}, attributes?: {name: string|number|boolean}}: at most 2 kB "
+    "as JSON and 20 attributes; the latest is kept on the consultation"
+)
+
+
 class JoinConsultation(Payload):
     consultationId: ConsultationId
     lastSeq: Annotated[StrictInt, Field(ge=0)] | None = Field(
         default=None, description="the last seq the client has: the ack lists what follows"
     )
+    context: ContextIn | None = Field(default=None, description=CONTEXT_DESCRIPTION)
 
 
 class SendMessage(Payload):
@@ -74,6 +125,7 @@ class SendMessage(Payload):
     clientMessageId: ClientMessageId | None = Field(
         default=None, description="makes the send idempotent within the consultation"
     )
+    context: ContextIn | None = Field(default=None, description=CONTEXT_DESCRIPTION)
 
 
 class LeaveConsultation(Payload):
@@ -126,9 +178,18 @@ class Typing(Payload):
 
 def _invalid(exc: ValidationError) -> InvalidPayload:
     first = exc.errors(include_url=False, include_input=False)[0]
-    field = ".".join(str(part) for part in first["loc"])
+    loc = [str(part) for part in first["loc"]]
     kind = first["type"]
-    if (field, kind) in _READABLE:
+    if loc[:2] == ["context", "attributes"] and len(loc) > 3:  # a union member's name
+        loc, kind = loc[:3], "attribute_type"
+    field = ".".join(loc)
+    if kind == "attribute_type":
+        message = f"{field} must be a string, a number or a boolean"
+    elif kind == "too_long" and field == "context.attributes":
+        message = f"context.attributes may hold at most {MAX_CONTEXT_ATTRIBUTES} attributes"
+    elif kind == "model_type":
+        message = f"{field} must be an object"
+    elif (field, kind) in _READABLE:
         message = _READABLE[(field, kind)]
     elif kind == "missing":
         message = f"{field} is required"
@@ -310,9 +371,11 @@ class SupportPending(ServerEvent):
 class QueueItem(Wire):
     consultation_id: str
     user_id: str
+    user_role: str  # "visitor" for an anonymous visitor from the website widget
     reason: str | None = None
     waiting_since: str
     position: int
+    page: dict[str, str] | None = None  # {url, title?}: where the person came from
 
 
 class NewSupportRequest(ServerEvent):

@@ -273,7 +273,9 @@ class HandoffService:
             QueueItem(
                 consultation_id=c.consultation_id,
                 user_id=c.owner_id,
+                user_role=c.owner_role.value,
                 reason=c.reason,
+                page=c.context.page.to_wire() if c.context and c.context.page else None,
                 waiting_since=iso(c.waiting_since or c.created_at),
                 position=n,
             )

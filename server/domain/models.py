@@ -169,10 +169,27 @@ class Record(BaseModel):
     @cached_property
     def _wire(self) -> dict[str, Any]:
         wire = self.model_dump(mode="json", by_alias=True)
+        for name in _nested_records(type(self)):
+            nested = getattr(self, name)
+            if isinstance(nested, Record):
+                wire[to_camel(name)] = nested.to_wire()  # with its own omissions
         for alias in _omitted_aliases(type(self)):
             if wire.get(alias, 0) is None:
                 del wire[alias]
         return wire
+
+
+@cache
+def _nested_records(record: type[Record]) -> tuple[str, ...]:
+    """The fields of a record that may hold a record (their wire form is theirs)."""
+    return tuple(
+        name
+        for name, info in record.model_fields.items()
+        if any(
+            isinstance(kind, type) and issubclass(kind, Record)
+            for kind in (info.annotation, *getattr(info.annotation, "__args__", ()))
+        )
+    )
 
 
 @cache
@@ -230,6 +247,24 @@ class Message(Record):
         )
 
 
+class PageRef(Record):
+    url: str
+    title: str | None = None
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"title"})
+
+
+class PageContext(Record):
+    """What the client says about where the person is (the page of a website, what it shows):
+    untrusted data, shown to operators and given to the assistant as data, never as
+    instructions."""
+
+    page: PageRef | None = None
+    attributes: dict[str, str | int | float | bool] | None = None
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"page", "attributes"})
+
+
 class Rating(Record):
     """The owner's satisfaction score for a consultation (changeable: the last one counts)."""
 
@@ -243,6 +278,7 @@ class Consultation(Record):
     tenant_id: str
     owner_id: str
     created_at: Timestamp
+    owner_role: Role = Role.USER  # a visitor's until it signs in
     mode: Mode = Mode.AI
     operator: OperatorRef | None = None
     waiting_since: Timestamp | None = None
@@ -250,9 +286,10 @@ class Consultation(Record):
     requeued: bool = False  # back in the queue after its operator vanished: served first
     handoffs: int = 0  # how many times a human was asked for
     rating: Rating | None = None
+    context: PageContext | None = None  # the latest the client gave (joins, sends)
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"operator", "waiting_since", "reason", "rating"}
+        {"operator", "waiting_since", "reason", "rating", "context"}
     )
 
     def queue_order(self) -> tuple[int, datetime, datetime]:
@@ -271,11 +308,12 @@ class Consultation(Record):
         return {"id": self.consultation_id, **self._wire}
 
     @classmethod
-    def new(cls, key: ConsultationKey, owner_id: str) -> Consultation:
+    def new(cls, key: ConsultationKey, owner_id: str, owner_role: Role = Role.USER) -> Consultation:
         return cls(
             consultation_id=key.consultation_id,
             tenant_id=key.tenant_id,
             owner_id=owner_id,
+            owner_role=owner_role,
             created_at=utcnow(),
         )
 

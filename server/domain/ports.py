@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from .events import ServerEvent
-from .models import Author, Consultation, ConsultationKey, Identity, Message, Mode
+from .models import Author, Consultation, ConsultationKey, Identity, Message, Mode, Role
 
 # -- storage -------------------------------------------------------------------------------------
 
@@ -26,7 +26,9 @@ class OneOf:
 
 
 class ConsultationStore(Protocol):
-    async def get_or_create(self, key: ConsultationKey, owner_id: str) -> Consultation:
+    async def get_or_create(
+        self, key: ConsultationKey, owner_id: str, owner_role: Role = Role.USER
+    ) -> Consultation:
         """Return the consultation, creating it owned by ``owner_id`` when it does not exist."""
         ...
 
@@ -59,8 +61,11 @@ class ConsultationStore(Protocol):
 
 
 class Ownership(Protocol):
-    async def transfer(self, tenant_id: str, from_owner: str, to_owner: str) -> list[Consultation]:
-        """Give every consultation ``from_owner`` owns in the tenant to ``to_owner``, and
+    async def transfer(
+        self, tenant_id: str, from_owner: str, to_owner: str, to_role: Role
+    ) -> list[Consultation]:
+        """Give every consultation ``from_owner`` owns in the tenant to ``to_owner`` (of
+        ``to_role``), and
         attribute the messages ``from_owner`` wrote in them to ``to_owner``: a visitor who
         signed in keeps its history. Returns the consultations moved (none on a repeat)."""
         ...

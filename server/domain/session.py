@@ -90,7 +90,11 @@ class ChatSession:
 
     async def join(self, command: JoinConsultation) -> JoinAck:
         joined = await self.services.consultations.join(
-            self.identity, self.connection_id, command.consultationId, command.lastSeq
+            self.identity,
+            self.connection_id,
+            command.consultationId,
+            command.lastSeq,
+            context=command.context.stored() if command.context else None,
         )
         return await self._entered(joined)
 
@@ -101,6 +105,7 @@ class ChatSession:
             command.content,
             command.clientMessageId,
             self.connection_id,
+            context=command.context.stored() if command.context else None,
         )
         return SendAck(message=message)
 

@@ -121,7 +121,9 @@ class VisitorService:
             raise Forbidden("The user token is of another tenant")
         if user.role is Role.VISITOR:
             raise Forbidden("The user token is a visitor token")
-        moved = await self._ownership.transfer(visitor.tenant_id, visitor.user_id, user.user_id)
+        moved = await self._ownership.transfer(
+            visitor.tenant_id, visitor.user_id, user.user_id, user.role
+        )
         for consultation in moved:
             # To the room: the visitor's open connections (and an operator) learn its owner.
             event = ConsultationUpdated(

@@ -13,6 +13,7 @@ from ..domain.models import (
     ConsultationKey,
     Message,
     Mode,
+    Role,
     sorted_consultations,
 )
 from ..domain.ports import COUNTED_ROLES, Appended, OneOf, Stats
@@ -34,11 +35,13 @@ class MemoryStore:
     async def ping(self) -> None:
         return None
 
-    async def get_or_create(self, key: ConsultationKey, owner_id: str) -> Consultation:
+    async def get_or_create(
+        self, key: ConsultationKey, owner_id: str, owner_role: Role = Role.USER
+    ) -> Consultation:
         existing = self._consultations.get(key)
         if existing is not None:
             return existing
-        created = self._consultations[key] = Consultation.new(key, owner_id)
+        created = self._consultations[key] = Consultation.new(key, owner_id, owner_role)
         return created
 
     async def get(self, key: ConsultationKey) -> Consultation | None:
@@ -79,12 +82,15 @@ class MemoryStore:
         self._consultations[key] = updated
         return updated
 
-    async def transfer(self, tenant_id: str, from_owner: str, to_owner: str) -> list[Consultation]:
+    async def transfer(
+        self, tenant_id: str, from_owner: str, to_owner: str, to_role: Role
+    ) -> list[Consultation]:
         moved = []
         for key, consultation in list(self._consultations.items()):
             if key.tenant_id != tenant_id or consultation.owner_id != from_owner:
                 continue
-            moved.append(consultation.model_copy(update={"owner_id": to_owner}))
+            update = {"owner_id": to_owner, "owner_role": to_role}
+            moved.append(consultation.model_copy(update=update))
             self._consultations[key] = moved[-1]
             log = self._messages.get(key, [])
             for index, message in enumerate(log):

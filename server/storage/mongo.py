@@ -28,6 +28,7 @@ from ..domain.models import (
     Message,
     Mode,
     Record,
+    Role,
     sorted_consultations,
 )
 from ..domain.ports import COUNTED_ROLES, Appended, OneOf, Stats
@@ -165,14 +166,17 @@ class MongoStore:
             ratings=int(c.get("ratings", 0)),
         )
 
-    async def get_or_create(self, key: ConsultationKey, owner_id: str) -> Consultation:
+    async def get_or_create(
+        self, key: ConsultationKey, owner_id: str, owner_role: Role = Role.USER
+    ) -> Consultation:
         query = _key_query(key)
         for _ in range(3):
             try:
                 async with _translated("open consultation"):
+                    created = Consultation.new(key, owner_id, owner_role)
                     doc = await self._consultations.find_one_and_update(
                         query,
-                        {"$setOnInsert": _document(Consultation.new(key, owner_id), query)},
+                        {"$setOnInsert": _document(created, query)},
                         upsert=True,
                         return_document=ReturnDocument.AFTER,
                     )
@@ -230,7 +234,9 @@ class MongoStore:
             )
         return _consultation(doc) if doc else None
 
-    async def transfer(self, tenant_id: str, from_owner: str, to_owner: str) -> list[Consultation]:
+    async def transfer(
+        self, tenant_id: str, from_owner: str, to_owner: str, to_role: Role
+    ) -> list[Consultation]:
         owned = {"tenantId": tenant_id, "ownerId": from_owner}
         async with _translated("find consultations"):
             docs = await self._consultations.find(owned, projection={"consultationId": 1}).to_list()
@@ -248,7 +254,8 @@ class MongoStore:
         async with _translated("move messages"):
             await self._messages.update_many(written, {"$set": {"userId": to_owner}})
             await self._consultations.update_many(
-                {**owned, "consultationId": {"$in": ids}}, {"$set": {"ownerId": to_owner}}
+                {**owned, "consultationId": {"$in": ids}},
+                {"$set": {"ownerId": to_owner, "ownerRole": to_role.value}},
             )
             moved = await self._consultations.find(
                 {"tenantId": tenant_id, "consultationId": {"$in": ids}}

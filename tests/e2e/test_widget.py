@@ -125,6 +125,9 @@ async def _widget_scenario(
     assert [b["cls"] for b in seen["afterReload"]] == ["msg mine", "msg assistant"]
     # The operator: the request (Cancel asked nothing: one request, with its reason).
     assert seen["queuedCount"] == 1 and "I want to book for four people" in seen["queueItem"]
+    # ... shown as a visitor, with the page it is on (the page context the widget sends).
+    assert seen["queueVisitor"] == 1
+    assert (seen["queuePage"], seen["queuePageTitle"]) == (f"{tours}/booking", "Tours: booking")
     assert seen["title"] == "Dana"
     # Closed panel: the operator's message is counted on the launcher, read when opened.
     assert seen["closedByButton"] is True
@@ -148,3 +151,6 @@ async def _widget_scenario(
     assert consultation.owner_id.startswith("visitor-")
     assert consultation.rating is not None and consultation.rating.score == 4
     assert consultation.rating.comment == "Quick and kind"
+    assert consultation.context is not None and consultation.context.page is not None
+    assert consultation.context.page.url == f"{tours}/booking"
+    assert consultation.context.attributes == {"tour": "Lake Bled", "seatsLeft": 4}

@@ -76,6 +76,12 @@ try {
   await chat(page).locator(".msg.assistant", { hasText: "Echo: Which tours" }).waitFor();
   seen.otherPage = await bubbles(page);
 
+  step("context");
+  await page.evaluate(() => window.ConsultationWidget.setContext({ attributes: { tour: "Lake Bled", seatsLeft: 4 } }));
+  await chat(page).locator("#content").fill("Four people, please");
+  await chat(page).locator("#content").press("Enter");
+  await chat(page).locator(".msg.assistant", { hasText: "Echo: Four people" }).waitFor();
+
   step("operator console");
   const operatorContext = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const console_ = watch(await operatorContext.newPage());
@@ -96,6 +102,9 @@ try {
   const queued = console_.locator("#queue .item.queued", { hasText: "I want to book for four people" });
   await queued.waitFor();
   seen.queueItem = await queued.textContent();
+  seen.queuePage = await queued.locator("a.page").getAttribute("href");
+  seen.queuePageTitle = await queued.locator("a.page").textContent();
+  seen.queueVisitor = await queued.locator(".pill", { hasText: "visitor" }).count();
   seen.queuedCount = await console_.locator("#queue .item.queued").count();
 
   step("accept");

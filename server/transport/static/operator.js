@@ -20,6 +20,20 @@
     return seconds < 60 ? seconds + " s" : Math.floor(seconds / 60) + " min " + (seconds % 60) + " s";
   };
 
+  // Who the customer is: a visitor from the website (and the page), or a signed-in user.
+  function who(role, page) {
+    const box = Chat.el("div", "sub who");
+    if (role === "visitor") box.appendChild(Chat.el("span", "pill warn", "visitor"));
+    if (page && /^https?:\/\//.test(page.url)) {
+      const link = Chat.el("a", "page", page.title || page.url);
+      link.href = page.url;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      box.append(" ", link);
+    }
+    return box;
+  }
+
   function renderQueue() {
     $("queue-count").textContent = queue.length ? "(" + queue.length + ")" : "";
     const box = $("queue");
@@ -32,7 +46,7 @@
       top.append(Chat.el("strong", "", "#" + item.position + " " + item.userId), Chat.el("span", "sub waited", ago(item.waitingSince)));
       const accept = Chat.el("button", "primary accept", "Accept");
       accept.onclick = () => acceptOne(item.consultationId);
-      node.append(top, Chat.el("div", "sub", item.consultationId + (item.reason ? " — " + item.reason : "")), accept);
+      node.append(top, who(item.userRole, item.page), Chat.el("div", "sub", item.consultationId + (item.reason ? " — " + item.reason : "")), accept);
       node.querySelector(".waited").dataset.since = item.waitingSince;
       box.appendChild(node);
     }
@@ -47,7 +61,8 @@
       node.dataset.id = id;
       const top = Chat.el("div", "top");
       top.append(Chat.el("strong", "", entry.consultation.ownerId || id), Chat.el("span", "pill", label(entry.consultation.mode)));
-      node.append(top, Chat.el("div", "sub", id));
+      const context = entry.consultation.context || {};
+      node.append(top, who(entry.consultation.ownerRole, context.page), Chat.el("div", "sub", id));
       node.onclick = () => select(id);
       box.appendChild(node);
     }

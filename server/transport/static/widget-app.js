@@ -76,6 +76,11 @@
   let consultationId = store.get("consultation") || newId();
   let socket = null, room = null, me = null, mode = "ai", streaming = false, isOpen = false, unread = 0;
   let context = null, score = 0, rated = false, greeted = false;
+  // The embedding page sends its context as soon as it hears "ready": the first join waits
+  // for it (briefly), so that the operator sees where the person is from the start.
+  let contextArrived = () => {};
+  const contextReady = window.parent === window ? Promise.resolve()
+    : new Promise((resolve) => { contextArrived = resolve; setTimeout(resolve, 1000); });
   const others = new Map(); // who is typing
   const log = new Chat.Log($("log"), () => me, { you: t("you"), assistant: t("assistant"), support: t("support") });
 
@@ -105,6 +110,7 @@
 
   async function start() {
     if (!Chat.clientLoaded()) return;
+    await contextReady;
     let current;
     try {
       current = await token();
@@ -298,6 +304,27 @@
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !e.defaultPrevented) hide(); });
 
   // -- the embedding page -----------------------------------------------------------------------
+  // The page context within the server's limits (2 kB as JSON, 20 attributes of strings,
+  // numbers or booleans): a long URL or a generous setContext never stops the chat.
+  function fitted(raw) {
+    const out = {};
+    const page = raw.page;
+    if (page && typeof page.url === "string" && page.url) {
+      out.page = { url: page.url.slice(0, 2048) };
+      if (typeof page.title === "string") out.page.title = page.title.slice(0, 500);
+    }
+    const attributes = {};
+    for (const [name, value] of Object.entries(raw.attributes || {}).slice(0, 20)) {
+      if (typeof value === "string") attributes[name.slice(0, 64)] = value.slice(0, 500);
+      else if (typeof value === "number" && isFinite(value) || typeof value === "boolean") attributes[name.slice(0, 64)] = value;
+    }
+    if (Object.keys(attributes).length) out.attributes = attributes;
+    const size = () => new TextEncoder().encode(JSON.stringify(out)).length;
+    if (size() > 2048) delete out.attributes;
+    if (size() > 2048 && out.page) { delete out.page.title; out.page.url = out.page.url.slice(0, 1500); }
+    return out;
+  }
+
   async function identify(id, userToken) {
     const visitorToken = store.get("token");
     const subject = Chat.tokenSubject(userToken || "");
@@ -335,7 +362,8 @@
     } else if (message.type === "close") {
       isOpen = false;
     } else if (message.type === "context" && message.context && typeof message.context === "object") {
-      context = message.context;
+      context = fitted(message.context);
+      contextArrived();
     } else if (message.type === "identify") {
       identify(message.id, message.userToken);
     }

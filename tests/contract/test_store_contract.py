@@ -17,6 +17,9 @@ from server.domain.models import (
     MessageStatus,
     Mode,
     OperatorRef,
+    PageContext,
+    PageRef,
+    Role,
     utcnow,
 )
 from server.domain.ports import OneOf, Store
@@ -285,19 +288,20 @@ async def test_transfer_gives_a_visitors_consultations_and_messages_to_the_user(
     someone_elses = ConsultationKey("tenant-a", "other")
     other_tenant = ConsultationKey("tenant-b", "v-0")
     for key in [*mine, other_tenant]:
-        await store.get_or_create(key, "visitor-1")
+        await store.get_or_create(key, "visitor-1", Role.VISITOR)
         await store.append(draft(key, user_id="visitor-1", client_message_id=f"c-{key}"))
         await store.append(draft(key, role=Author.ASSISTANT, user_id=None))
     await store.get_or_create(someone_elses, "visitor-2")
     await store.append(draft(someone_elses, user_id="visitor-2"))
 
-    moved = await store.transfer("tenant-a", "visitor-1", "user-9")
+    moved = await store.transfer("tenant-a", "visitor-1", "user-9", Role.USER)
 
     assert sorted(c.consultation_id for c in moved) == ["v-0", "v-1"]
-    assert all(c.owner_id == "user-9" for c in moved)
+    assert all((c.owner_id, c.owner_role) == ("user-9", Role.USER) for c in moved)
     for key in mine:
         consultation = await store.get(key)
         assert consultation is not None and consultation.owner_id == "user-9"
+        assert consultation.owner_role is Role.USER
         question, answer = await store.recent(key, 10)
         assert (question.user_id, answer.user_id) == ("user-9", None)
         # A retried send finds the message under its new author.
@@ -307,7 +311,26 @@ async def test_transfer_gives_a_visitors_consultations_and_messages_to_the_user(
         assert (retried.created, retried.message.id) == (False, question.id)
     # Another visitor's and another tenant's stay where they were.
     assert (await store.get(someone_elses)).owner_id == "visitor-2"  # type: ignore[union-attr]
-    assert (await store.get(other_tenant)).owner_id == "visitor-1"  # type: ignore[union-attr]
+    theirs_too = await store.get(other_tenant)
+    assert theirs_too is not None
+    assert (theirs_too.owner_id, theirs_too.owner_role) == ("visitor-1", Role.VISITOR)
     [theirs, *_] = await store.recent(other_tenant, 10)
     assert theirs.user_id == "visitor-1"
-    assert await store.transfer("tenant-a", "visitor-1", "user-9") == []  # a repeat moves none
+    # A repeat moves none.
+    assert await store.transfer("tenant-a", "visitor-1", "user-9", Role.USER) == []
+
+
+async def test_a_consultation_keeps_its_page_context(store: Store) -> None:
+    await store.get_or_create(KEY, "u1")
+    context = PageContext(
+        page=PageRef(url="https://tours.example/bled", title="Bled"),
+        attributes={"seatsLeft": 4, "guided": True, "tour": "Lake Bled", "price": 99.5},
+    )
+    updated = await store.update(KEY, {"context": context})
+    assert updated is not None and updated.context == context
+    read = await store.get(KEY)
+    assert read is not None and read.context == context
+    assert read.to_wire()["context"] == {
+        "page": {"url": "https://tours.example/bled", "title": "Bled"},
+        "attributes": {"seatsLeft": 4, "guided": True, "tour": "Lake Bled", "price": 99.5},
+    }

@@ -112,6 +112,14 @@ class VisitorService:
         )
         return Visitor(visitor_id, key.tenant_id, token)
 
+    def refresh(self, visitor: Identity) -> Visitor:
+        """A fresh token for the same visitor (its consultations stay its own): a widget
+        renews before the old one expires, and ``refreshToken`` takes it on open sockets."""
+        if visitor.role is not Role.VISITOR:
+            raise Forbidden("Refresh needs a visitor token in Authorization")
+        token = self._issuer.issue_visitor(visitor.user_id, visitor.tenant_id)
+        return Visitor(visitor.user_id, visitor.tenant_id, token)
+
     async def identify(self, visitor: Identity, user: Identity) -> Identified:
         """The visitor signed in as ``user``: its consultations (history, handoff state and
         rating) are the user's from now on, and the visitor's token no longer opens them."""

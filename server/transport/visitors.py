@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..domain.models import iso
 from ..domain.ports import TokenVerifier
-from ..domain.visitors import VisitorService
+from ..domain.visitors import Visitor, VisitorService
 from ..errors import AppError, InvalidPayload, Unauthorized
 from .auth import bearer_token
 from .net import Network, client_address, own_origins
@@ -31,6 +31,7 @@ class VisitorRoutes:
     def install(self, app: web.Application) -> None:
         app.router.add_post("/api/visitors", self.issue)
         app.router.add_post("/api/visitors/identify", self.identify)
+        app.router.add_post("/api/visitors/refresh", self.refresh)
 
     def cors_allowed(self, path: str, origin: str) -> bool:
         """The sites a widget key names may call these routes from their own pages."""
@@ -55,16 +56,18 @@ class VisitorRoutes:
             )
         except AppError as exc:
             return error_response(exc)
-        return web.json_response(
-            {
-                "ok": True,
-                "token": visitor.token.token,
-                "visitorId": visitor.visitor_id,
-                "tenantId": visitor.tenant_id,
-                "expiresAt": iso(visitor.token.expires_at),
-            },
-            status=201,
-        )
+        return _issued(visitor, status=201)
+
+    async def refresh(self, request: web.Request) -> web.Response:
+        """A fresh token for the visitor of a valid one (same visitorId)."""
+        try:
+            token = bearer_token(request.headers.get("Authorization"))
+            if token is None:
+                raise Unauthorized("Authorization: Bearer <visitor token> is required")
+            visitor = self._service.refresh(await self._auth.identify(token))
+        except AppError as exc:
+            return error_response(exc)
+        return _issued(visitor, status=200)
 
     async def identify(self, request: web.Request) -> web.Response:
         try:
@@ -83,6 +86,19 @@ class VisitorRoutes:
         return web.json_response(
             {"ok": True, "userId": identified.user_id, "moved": identified.moved}
         )
+
+
+def _issued(visitor: Visitor, *, status: int) -> web.Response:
+    return web.json_response(
+        {
+            "ok": True,
+            "token": visitor.token.token,
+            "visitorId": visitor.visitor_id,
+            "tenantId": visitor.tenant_id,
+            "expiresAt": iso(visitor.token.expires_at),
+        },
+        status=status,
+    )
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

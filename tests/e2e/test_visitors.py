@@ -11,9 +11,10 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+import socketio
 
 from tests.conftest import JWT_SECRET, Connect, RunningServer, StartServer, make_token
-from tests.helpers import RawClient
+from tests.helpers import ChatClient, RawClient
 
 SITE = "https://tours.example"
 KEYS = f"tours:t1:{SITE}|https://www.tours.example,open:t1,other:t2"
@@ -346,3 +347,49 @@ async def test_a_bad_context_is_refused_with_its_field(
         assert ack["ok"] is False and ack["error"]["code"] == "invalid_payload", ack
         assert ack["error"]["field"] == field
     assert client.sio.connected
+
+
+async def test_a_visitor_renews_its_token_and_an_open_socket_takes_it(
+    server: RunningServer, connect: Connect
+) -> None:
+    guest = await visitor(server)
+    client = await connect(server.url, token=guest["token"], join="w-renew")
+    await client.send("w-renew", "before")
+    status, _, renewed = await post(
+        f"{server.url}/api/visitors/refresh", headers={"Authorization": f"Bearer {guest['token']}"}
+    )
+    assert status == 200 and renewed["visitorId"] == guest["visitorId"]
+    assert renewed["token"] != guest["token"] or renewed["expiresAt"] >= guest["expiresAt"]
+    ack = await client.call("refreshToken", {"token": renewed["token"]})
+    assert ack["ok"] is True, ack
+    # The renewed token opens the same consultations.
+    status, body = await get(f"{server.url}/api/consultations/w-renew/messages", renewed["token"])
+    assert status == 200 and body["messages"][0]["content"] == "before"
+    # Only a visitor token renews.
+    status, _, body = await post(
+        f"{server.url}/api/visitors/refresh",
+        headers={"Authorization": f"Bearer {make_token('user-1')}"},
+    )
+    assert (status, body["error"]["code"]) == (403, "forbidden")
+
+
+async def test_visitors_count_toward_the_per_user_connection_and_message_limits(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(
+        jwt_secret=JWT_SECRET,
+        widget_keys=KEYS,
+        max_connections_per_user=1,
+        rate_limit_messages=2,
+    )
+    guest = await visitor(server)
+    first = await connect(server.url, token=guest["token"], join="w-limits")
+    second = ChatClient(server.url, token=guest["token"])
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await second.connect()
+    assert second.connect_error["data"]["code"] == "too_many_connections"
+    await first.send("w-limits", "one")
+    await first.send("w-limits", "two")
+    assert await first.fails("sendMessage", {"consultationId": "w-limits", "content": "3"}) == (
+        "rate_limited"
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ async def _widget_scenario(
         "foreign": f"{elsewhere}/",
         "server": server.url,
         "operatorToken": make_token("op-dana", tenant="t1", role="operator", name="Dana"),
+        "userToken": make_token("user-42", tenant="t1", expires_in=timedelta(hours=1)),
     }
     seen = await run_widget(config, tmp_path)
 
@@ -134,6 +136,9 @@ async def _widget_scenario(
     assert seen["badge"] == "1" and "1 unread" in seen["unreadLabel"]
     assert "Hello, I am Dana" in seen["operatorBubble"] and seen["badgeAfterOpen"] is False
     assert seen["rated"] is True
+    # Signed in: the conversation is the user's, with its history, in the same widget.
+    assert seen["identified"]["userId"] == "user-42" and len(seen["identified"]["moved"]) == 1
+    assert seen["mineAfterIdentify"] == 2  # the visitor's questions, now shown as the user's
     assert seen["focusAfterEscape"] == "launcher"
     # A phone: the chat takes the whole screen.
     assert seen["mobileFrame"] == {"x": 0, "y": 0, "width": 390, "height": 780}
@@ -142,13 +147,13 @@ async def _widget_scenario(
     # A site the key does not name: the browser refuses to frame the chat.
     assert seen["frameBlocked"], "the foreign site could frame the widget"
 
-    # What the visitor saw is the history, under its visitor id; the rating is stored.
+    # What the visitor saw is the history, now the user's; the rating is stored.
     consultations = server.components.store
     found = await consultations.find("t1")
     # Only the conversation: the phone, the Russian browser and the foreign site opened the
     # chat and wrote nothing, which creates nothing.
     [consultation] = found
-    assert consultation.owner_id.startswith("visitor-")
+    assert (consultation.owner_id, consultation.owner_role.value) == ("user-42", "user")
     assert consultation.rating is not None and consultation.rating.score == 4
     assert consultation.rating.comment == "Quick and kind"
     assert consultation.context is not None and consultation.context.page is not None

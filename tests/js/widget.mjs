@@ -137,6 +137,13 @@ try {
   await widget.locator("#rating-question", { hasText: "Thank you" }).waitFor();
   seen.rated = true;
 
+  step("identify");
+  // The visitor signs in on the site: the site hands the widget its user token.
+  seen.identified = await page.evaluate((token) => window.ConsultationWidget.identify(token), config.userToken);
+  await widget.locator("#status.ok").waitFor();
+  await widget.locator(".msg.operator", { hasText: "Hello, I am Dana" }).waitFor(); // history kept
+  seen.mineAfterIdentify = await widget.locator(".msg.mine").count();
+
   step("escape");
   await widget.locator("#content").press("Escape");
   await page.locator('iframe[title="Chat"]').waitFor({ state: "hidden" });

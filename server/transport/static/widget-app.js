@@ -95,9 +95,22 @@
   }
 
   // -- the visitor token: kept while it is valid, issued by the server otherwise -------------
+  const WEEK = 7 * 24 * 3600 * 1000;
+  const isVisitorToken = (token) => {
+    try { return JSON.parse(atob(token.split(".")[0].replace(/-/g, "+").replace(/_/g, "/"))).kid === "visitor"; } catch (e) { return false; }
+  };
+
   async function token() {
     const saved = store.get("token");
-    if (saved && tokenExpiry(saved) - Date.now() > 60000) return saved;
+    const left = saved ? tokenExpiry(saved) - Date.now() : 0;
+    if (saved && left > 60000 && left < WEEK && isVisitorToken(saved)) { // renew: same visitor
+      try {
+        const response = await fetch("/api/visitors/refresh", { method: "POST", headers: { Authorization: "Bearer " + saved } });
+        const body = await response.json();
+        if (body.ok) { store.set("token", body.token); return body.token; }
+      } catch (e) { /* the old one still works for now */ }
+    }
+    if (saved && left > 60000) return saved;
     store.drop("token");
     const response = await fetch("/api/visitors", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ widgetKey: key }),

@@ -25,6 +25,7 @@ from aiohttp import web
 from .ai.fallback import FallbackAssistant
 from .ai.offline import OfflineAssistant
 from .ai.openai_provider import OpenAIModel, make_client
+from .ai.retrieval import Bm25Ranker
 from .broker import Broker
 from .broker.memory import MemoryBroker
 from .broker.redis import RedisBroker
@@ -34,6 +35,7 @@ from .coordination.redis_support import RedisHandle
 from .domain.connections import ConnectionService
 from .domain.consultations import ConsultationService, Limits, StoredHistory
 from .domain.handoff import HandoffService, HandoffSettings
+from .domain.knowledge import KnowledgeService, KnowledgeSettings
 from .domain.policies import Admission, ConnectionPolicy, Moderation, RateLimiter, RatePolicy
 from .domain.ports import Assistant, ReplyMetrics, Store
 from .domain.presence import PresenceService
@@ -53,6 +55,7 @@ from .transport.auth import (
     SharedSecret,
     VisitorTokens,
 )
+from .transport.knowledge import KnowledgeRoutes
 from .transport.metrics import MetricsEndpoint
 from .transport.net import parse_networks
 from .transport.pages import ClientScript, Pages
@@ -98,6 +101,7 @@ class Components:
     metrics: PrometheusMetrics
     metrics_endpoint: MetricsEndpoint
     visitors: VisitorService
+    knowledge: KnowledgeService
     on_fatal: Callable[[], None] | None = None  # how the process ends on a fatal start-up
     fatal: str | None = None  # why it did
     store_failure: str | None = None  # the last reason the store could not be started
@@ -252,6 +256,11 @@ def build(
         max_message_bytes=settings.max_http_buffer_size,
         stats=outbox_stats,
     )
+    knowledge = KnowledgeService(
+        store,
+        Bm25Ranker(),
+        KnowledgeSettings(top_k=settings.knowledge_top_k, max_chars=settings.knowledge_max_chars),
+    )
     replies = ReplyService(
         store,
         assistant,
@@ -272,6 +281,7 @@ def build(
             resume=settings.ai_resume,
         ),
         metrics=metrics,
+        knowledge=knowledge,
     )
     consultations = ConsultationService(
         store,
@@ -374,6 +384,7 @@ def build(
             public_without_token=settings.dev_auth,
         ),
         visitors,
+        knowledge,
     )
     metrics.watch(_live_figures(components))
     if settings.metrics_port is not None:
@@ -480,6 +491,7 @@ def create_app(
     ).install(app)
     components.metrics_endpoint.install(app)
     visitor_routes.install(app)
+    KnowledgeRoutes(components.knowledge, components.authenticator).install(app)
     Pages(client_script(settings), components.visitors.keys).install(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)

@@ -189,6 +189,9 @@ class Settings(BaseSettings):
     visitor_token_secret: str | None = Field(default=None, repr=False)
     visitor_token_ttl_seconds: Seconds = 30 * 24 * 3600.0
     visitor_issue_per_minute: Count = 10
+    # The knowledge base: passages given to the model per question, and an article's size.
+    knowledge_top_k: Count = 3
+    knowledge_max_chars: Count = 200_000
     admin_ui_username: str | None = None
     admin_ui_password: str | None = Field(default=None, repr=False)
 

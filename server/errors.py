@@ -42,6 +42,14 @@ class InvalidPayload(AppError):
     default_message = "The payload is not valid for this event"
 
 
+class PayloadTooLarge(AppError):
+    """A body over its limit (a knowledge-base article over KNOWLEDGE_MAX_CHARS)."""
+
+    code = "payload_too_large"
+    http_status = 413
+    default_message = "The payload is too large"
+
+
 class UnknownEvent(AppError):
     """An event the namespace does not have."""
 

@@ -31,7 +31,12 @@ class OfflineAssistant:
         return None
 
 
+PASSAGE_LIMIT = 400
+
+
 def compose_reply(request: ReplyRequest) -> str:
+    if request.knowledge:
+        return _from_knowledge(request)
     last = next((t.content for t in reversed(request.turns) if t.author is Author.USER), "")
     quoted = " ".join(last.split())
     if len(quoted) > QUOTE_LIMIT:
@@ -40,4 +45,18 @@ def compose_reply(request: ReplyRequest) -> str:
         f'[Offline assistant] I received your message: "{quoted}". '
         "This server has no language model configured, so this is an automatic reply. "
         "Set OPENAI_API_KEY to get real answers."
+    )
+
+
+def _from_knowledge(request: ReplyRequest) -> str:
+    """The best passage, quoted with its source: grounding without a language model."""
+    best = request.knowledge[0]
+    text = " ".join(best.text.split())
+    if len(text) > PASSAGE_LIMIT:
+        text = text[: PASSAGE_LIMIT - 1] + "…"
+    where = f" ({best.url})" if best.url else ""
+    return (
+        f"[Offline assistant] From “{best.title}”{where} [1]:\n\n> {text}\n\n"
+        "This server has no language model configured, so this is the passage of the "
+        "knowledge base that matches your question best."
     )

@@ -173,6 +173,8 @@ class Record(BaseModel):
             nested = getattr(self, name)
             if isinstance(nested, Record):
                 wire[to_camel(name)] = nested.to_wire()  # with its own omissions
+            elif isinstance(nested, list):
+                wire[to_camel(name)] = [r.to_wire() if isinstance(r, Record) else r for r in nested]
         for alias in _omitted_aliases(type(self)):
             if wire.get(alias, 0) is None:
                 del wire[alias]
@@ -182,13 +184,14 @@ class Record(BaseModel):
 @cache
 def _nested_records(record: type[Record]) -> tuple[str, ...]:
     """The fields of a record that may hold a record (their wire form is theirs)."""
+
+    def holds_record(kind: Any) -> bool:
+        if isinstance(kind, type) and issubclass(kind, Record):
+            return True
+        return any(holds_record(arg) for arg in getattr(kind, "__args__", ()))
+
     return tuple(
-        name
-        for name, info in record.model_fields.items()
-        if any(
-            isinstance(kind, type) and issubclass(kind, Record)
-            for kind in (info.annotation, *getattr(info.annotation, "__args__", ()))
-        )
+        name for name, info in record.model_fields.items() if holds_record(info.annotation)
     )
 
 
@@ -205,6 +208,32 @@ class OperatorRef(BaseModel):
     model_config = ConfigDict(frozen=True)
     id: str
     name: str
+
+
+class Source(Record):
+    """A knowledge-base article given to the model for a reply; ``cited`` when the reply's
+    text cites it (its ``[n]`` marker)."""
+
+    id: str
+    title: str
+    url: str | None = None
+    cited: bool = False
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"url"})
+
+
+class Article(Record):
+    """A tenant's knowledge-base article: what the assistant answers from."""
+
+    id: str
+    tenant_id: str = Field(exclude=True)  # the caller's own tenant: never echoed
+    title: str
+    content: str
+    url: str | None = None
+    tags: list[str] | None = None
+    updated_at: Timestamp
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"url", "tags"})
 
 
 class Message(Record):
@@ -224,9 +253,10 @@ class Message(Record):
     # A reply: ms from the question it answers being stored to the reply's first token
     # reaching the room (what the user waited), for the AI response-time figures.
     response_ms: int | None = None
+    sources: list[Source] | None = None  # a reply: the articles it was given, in rank order
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"model", "client_message_id", "answers_seq", "author_name", "response_ms"}
+        {"model", "client_message_id", "answers_seq", "author_name", "response_ms", "sources"}
     )
 
     @property

@@ -13,7 +13,16 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from .events import ServerEvent
-from .models import Author, Consultation, ConsultationKey, Identity, Message, Mode, Role
+from .models import (
+    Article,
+    Author,
+    Consultation,
+    ConsultationKey,
+    Identity,
+    Message,
+    Mode,
+    Role,
+)
 
 # -- storage -------------------------------------------------------------------------------------
 
@@ -96,7 +105,30 @@ class MessageStore(Protocol):
         ...
 
 
-class ChatStore(ConsultationStore, MessageStore, Ownership, Protocol):
+class KnowledgeStore(Protocol):
+    """A tenant's knowledge-base articles. Every write moves the tenant's ``revision``, so
+    every instance knows when its index is stale."""
+
+    async def put_article(self, article: Article) -> Article:
+        """Create or replace the article ``(tenant, id)``."""
+        ...
+
+    async def get_article(self, tenant_id: str, article_id: str) -> Article | None: ...
+
+    async def articles(self, tenant_id: str) -> list[Article]:
+        """Every article of the tenant, by id."""
+        ...
+
+    async def delete_article(self, tenant_id: str, article_id: str) -> bool:
+        """False when there was none."""
+        ...
+
+    async def knowledge_revision(self, tenant_id: str) -> int:
+        """A number that changes with every write of the tenant's articles (0: none ever)."""
+        ...
+
+
+class ChatStore(ConsultationStore, MessageStore, Ownership, KnowledgeStore, Protocol):
     """Consultations and their messages."""
 
 
@@ -145,12 +177,25 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
+class Passage:
+    """A part of a knowledge-base article, as given to the assistant."""
+
+    article_id: str
+    title: str
+    url: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyRequest:
     system_prompt: str
     turns: Sequence[Turn]
     # Continue this answer (given as the start of the assistant's reply) rather than begin one:
     # the text a dead instance had streamed.
     continue_from: str = ""
+    # The knowledge-base passages in the turns (numbered from 1): for an assistant that
+    # answers from them directly (the offline one).
+    knowledge: Sequence[Passage] = ()
 
 
 @dataclass(frozen=True, slots=True)

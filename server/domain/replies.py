@@ -50,6 +50,7 @@ from ..errors import (
     StorageUnavailable,
 )
 from .events import AiChunk, AiMessage, AiThinking, ErrorEvent, ServerEvent
+from .knowledge import KnowledgeService, knowledge_note, sources_of
 from .models import (
     Author,
     Consultation,
@@ -68,6 +69,7 @@ from .ports import (
     Lock,
     NoMetrics,
     Partial,
+    Passage,
     ReplyBuffer,
     ReplyDraft,
     ReplyLocks,
@@ -131,6 +133,7 @@ class _Draft:
     started_at: float = field(default_factory=time.monotonic)
     first_token_after: float | None = None  # seconds from the start to the first token
     answered_at: datetime | None = None  # when the first token arrived
+    passages: list[Passage] = field(default_factory=list)  # the knowledge it was given
 
     @classmethod
     def resumed(cls, key: ConsultationKey, partial: Partial, owner: str) -> _Draft:
@@ -199,8 +202,10 @@ class ReplyService:
         settings: ReplySettings,
         *,
         metrics: ReplyMetrics | None = None,
+        knowledge: KnowledgeService | None = None,
     ) -> None:
         self._metrics = metrics or NoMetrics()
+        self._knowledge = knowledge
         self._store = store
         self._consultations = store
         self._assistant = assistant
@@ -419,9 +424,12 @@ class ReplyService:
             history = await self._patiently(
                 lambda: self._store.recent(key, self._settings.context_messages), lock
             )
+            passages = await self._passages(key, history, context)
+            turns = with_page_context(dialogue(history), context)
+            if passages:
+                turns = [Turn(Author.SYSTEM, knowledge_note(passages)), *turns]
             request = ReplyRequest(
-                system_prompt=self._settings.system_prompt,
-                turns=with_page_context(dialogue(history), context),
+                system_prompt=self._settings.system_prompt, turns=turns, knowledge=passages
             )
             draft = _Draft(
                 key=key,
@@ -429,6 +437,7 @@ class ReplyService:
                 owner=lock.token,
                 request_seq=history[-1].seq if history else 0,
                 asked_at=history[-1].timestamp if history else None,
+                passages=passages,
             )
             started = ReplyDraft(draft.message_id, draft.owner, draft.request_seq)
             await self._buffer.start(name, started, self._buffer_ttl)
@@ -439,6 +448,20 @@ class ReplyService:
         finally:
             if not lost:
                 await self._safe_emit(key, AiThinking(consultation_id=cid, status="done"))
+
+    async def _passages(
+        self, key: ConsultationKey, history: list[Message], context: PageContext | None
+    ) -> list[Passage]:
+        """The knowledge-base passages for the newest question; none when the tenant has no
+        knowledge base, or it cannot be read (the reply goes on without, and says so)."""
+        question = next((m.content for m in reversed(history) if m.role is Author.USER), "")
+        if self._knowledge is None or not question:
+            return []
+        try:
+            return await self._knowledge.retrieve(key.tenant_id, question, context)
+        except AppError as exc:
+            log.warning("no knowledge for %s: %s", key.room, exc.message)
+            return []
 
     # -- taking over a reply whose instance died ------------------------------------------------
 
@@ -554,6 +577,7 @@ class ReplyService:
             model=draft.model,
             answers_seq=draft.request_seq or None,
             response_ms=draft.response_ms(),
+            sources=sources_of(draft.passages, draft.content),
         )
         try:
             appended = await self._patiently(lambda: self._store.append(reply), None)
@@ -773,6 +797,7 @@ class ReplyService:
                 model=draft.model,
                 answers_seq=draft.request_seq or None,
                 response_ms=draft.response_ms(),
+                sources=sources_of(draft.passages, draft.content),
             )
             # Fenced: a holder that lost the reply stores nothing (and if it lost it after this
             # check, the message id is already the new owner's, and the store refuses it).

@@ -8,6 +8,7 @@ from statistics import fmean
 from typing import Any
 
 from ..domain.models import (
+    Article,
     Author,
     Consultation,
     ConsultationKey,
@@ -25,6 +26,8 @@ class MemoryStore:
         self._messages: dict[ConsultationKey, list[Message]] = {}
         self._by_client_id: dict[tuple[ConsultationKey, str], Message] = {}
         self._by_id: dict[str, Message] = {}
+        self._articles: dict[tuple[str, str], Article] = {}
+        self._revisions: dict[str, int] = {}
 
     async def start(self) -> None:
         return None
@@ -100,6 +103,29 @@ class MemoryStore:
                     if message.client_message_id is not None:
                         self._by_client_id[(key, message.client_message_id)] = log[index]
         return moved
+
+    async def put_article(self, article: Article) -> Article:
+        self._articles[(article.tenant_id, article.id)] = article
+        self._revisions[article.tenant_id] = self._revisions.get(article.tenant_id, 0) + 1
+        return article
+
+    async def get_article(self, tenant_id: str, article_id: str) -> Article | None:
+        return self._articles.get((tenant_id, article_id))
+
+    async def articles(self, tenant_id: str) -> list[Article]:
+        return sorted(
+            (a for (tenant, _), a in self._articles.items() if tenant == tenant_id),
+            key=lambda a: a.id,
+        )
+
+    async def delete_article(self, tenant_id: str, article_id: str) -> bool:
+        if self._articles.pop((tenant_id, article_id), None) is None:
+            return False
+        self._revisions[tenant_id] = self._revisions.get(tenant_id, 0) + 1
+        return True
+
+    async def knowledge_revision(self, tenant_id: str) -> int:
+        return self._revisions.get(tenant_id, 0)
 
     async def append(self, message: Message) -> Appended:
         # No await between reading and appending: atomic on the event loop.

@@ -22,6 +22,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, uri
 from pymongo.errors import DuplicateKeyError, InvalidURI, PyMongoError
 
 from ..domain.models import (
+    Article,
     Author,
     Consultation,
     ConsultationKey,
@@ -58,6 +59,8 @@ class MongoStore:
         db = self._client[database]
         self._consultations = db["consultations"]
         self._messages = db["messages"]
+        self._articles = db["knowledge"]
+        self._revisions = db["knowledge_revisions"]
 
     async def start(self) -> None:
         """Create the indexes; :class:`StorageUnavailable` with a one-line reason when the
@@ -81,6 +84,10 @@ class MongoStore:
         await self._consultations.create_index(
             [("operator.id", ASCENDING), ("mode", ASCENDING)], name="operator_mode"
         )
+        await self._articles.create_index(
+            [("tenantId", ASCENDING), ("_id", ASCENDING)], name="tenant_article"
+        )
+        await self._revisions.create_index([("tenantId", ASCENDING)], unique=True, name="tenant")
         # A visitor's consultations, moved to the user it signs in as.
         await self._consultations.create_index(
             [("tenantId", ASCENDING), ("ownerId", ASCENDING)], name="tenant_owner"
@@ -262,6 +269,44 @@ class MongoStore:
             ).to_list()
         return [_consultation(doc) for doc in moved]
 
+    # -- the knowledge base: _id is "<tenant>/<article id>" (ids are the tenant's own) --------
+
+    async def put_article(self, article: Article) -> Article:
+        doc = _document(article, {"tenantId": article.tenant_id})
+        doc["articleId"] = doc.pop("_id")
+        doc["_id"] = _article_key(article.tenant_id, article.id)
+        async with _translated("store article"):
+            await self._articles.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+            await self._bump_revision(article.tenant_id)
+        return article
+
+    async def get_article(self, tenant_id: str, article_id: str) -> Article | None:
+        async with _translated("read article"):
+            doc = await self._articles.find_one({"_id": _article_key(tenant_id, article_id)})
+        return _article(doc) if doc else None
+
+    async def articles(self, tenant_id: str) -> list[Article]:
+        async with _translated("read articles"):
+            docs = await self._articles.find({"tenantId": tenant_id}).to_list()
+        return sorted((_article(doc) for doc in docs), key=lambda a: a.id)
+
+    async def delete_article(self, tenant_id: str, article_id: str) -> bool:
+        async with _translated("delete article"):
+            result = await self._articles.delete_one({"_id": _article_key(tenant_id, article_id)})
+            if result.deleted_count:
+                await self._bump_revision(tenant_id)
+        return bool(result.deleted_count)
+
+    async def knowledge_revision(self, tenant_id: str) -> int:
+        async with _translated("read knowledge revision"):
+            doc = await self._revisions.find_one({"tenantId": tenant_id})
+        return int(doc["revision"]) if doc else 0
+
+    async def _bump_revision(self, tenant_id: str) -> None:
+        await self._revisions.update_one(
+            {"tenantId": tenant_id}, {"$inc": {"revision": 1}}, upsert=True
+        )
+
     async def append(self, message: Message) -> Appended:
         for attempt in range(MAX_SEQ_ATTEMPTS):
             seq = await self._last_seq(message.key) + 1
@@ -400,6 +445,16 @@ def _document(record: Record, key_query: Document) -> Document:
 
 def _consultation(doc: Document) -> Consultation:
     return Consultation.model_validate(_aware_dates(doc))
+
+
+def _article_key(tenant_id: str, article_id: str) -> str:
+    return f"{len(tenant_id)}:{tenant_id}/{article_id}"
+
+
+def _article(doc: Document) -> Article:
+    fields = _aware_dates(doc)
+    fields["tenant_id"] = doc["tenantId"]
+    return Article.model_validate({**fields, "id": doc["articleId"]})
 
 
 def _message_doc(message: Message, seq: int) -> Document:

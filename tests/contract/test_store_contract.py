@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from server.domain.models import (
+    Article,
     Author,
     ConsultationKey,
     Message,
@@ -20,6 +21,7 @@ from server.domain.models import (
     PageContext,
     PageRef,
     Role,
+    Source,
     utcnow,
 )
 from server.domain.ports import OneOf, Store
@@ -334,3 +336,51 @@ async def test_a_consultation_keeps_its_page_context(store: Store) -> None:
         "page": {"url": "https://tours.example/bled", "title": "Bled"},
         "attributes": {"seatsLeft": 4, "guided": True, "tour": "Lake Bled", "price": 99.5},
     }
+
+
+def article(tenant: str, article_id: str, title: str = "Tours", **fields: Any) -> Article:
+    return Article(
+        id=article_id,
+        tenant_id=tenant,
+        title=title,
+        content=fields.pop("content", "Lake Bled tours leave on Mondays."),
+        updated_at=utcnow(),
+        **fields,
+    )
+
+
+async def test_articles_are_kept_per_tenant_and_every_write_moves_the_revision(
+    store: Store,
+) -> None:
+    assert await store.knowledge_revision("t1") == 0
+    first = article("t1", "bled", url="https://tours.example/bled", tags=["tours"])
+    await store.put_article(first)
+    await store.put_article(article("t1", "refunds", title="Refunds"))
+    await store.put_article(article("t2", "bled", title="Other tenant's"))
+    revision = await store.knowledge_revision("t1")
+    assert revision > 0
+    assert [a.id for a in await store.articles("t1")] == ["bled", "refunds"]
+    assert await store.get_article("t1", "bled") == first
+    assert (await store.get_article("t2", "bled")).title == "Other tenant's"  # type: ignore[union-attr]
+    assert await store.get_article("t1", "nope") is None
+
+    await store.put_article(article("t1", "bled", title="Bled, updated"))
+    assert await store.knowledge_revision("t1") > revision
+    assert (await store.get_article("t1", "bled")).title == "Bled, updated"  # type: ignore[union-attr]
+    revision = await store.knowledge_revision("t1")
+    assert await store.delete_article("t1", "bled") is True
+    assert await store.delete_article("t1", "bled") is False
+    assert await store.knowledge_revision("t1") > revision
+    assert [a.id for a in await store.articles("t1")] == ["refunds"]
+    assert [a.id for a in await store.articles("t2")] == ["bled"]
+
+
+async def test_a_reply_keeps_its_sources(store: Store) -> None:
+    sources = [
+        Source(id="bled", title="Lake Bled", url="https://tours.example/bled", cited=True),
+        Source(id="refunds", title="Refunds"),
+    ]
+    stored = (await store.append(draft(role=Author.ASSISTANT, sources=sources))).message
+    [read] = await store.recent(KEY, 1)
+    assert read == stored and read.sources == sources
+    assert read.to_wire()["sources"][1] == {"id": "refunds", "title": "Refunds", "cited": False}

@@ -1,0 +1,104 @@
+"""``/api/knowledge``: the tenant's knowledge base over REST, for its admins. Parse, call the
+knowledge service, answer JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..domain.knowledge import KnowledgeService
+from ..domain.ports import TokenVerifier
+from ..errors import AppError, InvalidPayload, PayloadTooLarge
+from .auth import bearer_token
+from .rest import error_response
+
+BODY_SLACK = 64 * 1024  # beyond KNOWLEDGE_MAX_CHARS: the title, the URL, JSON escaping
+
+
+class KnowledgeRoutes:
+    def __init__(self, service: KnowledgeService, verifier: TokenVerifier) -> None:
+        self._service = service
+        self._auth = verifier
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/api/knowledge", self.all)
+        app.router.add_post("/api/knowledge", self.create)
+        app.router.add_get("/api/knowledge/{article_id}", self.get)
+        app.router.add_put("/api/knowledge/{article_id}", self.replace)
+        app.router.add_delete("/api/knowledge/{article_id}", self.delete)
+
+    async def all(self, request: web.Request) -> web.Response:
+        try:
+            identity = await self._identify(request)
+            articles = await self._service.all(identity)
+        except AppError as exc:
+            return error_response(exc)
+        return web.json_response({"ok": True, "articles": [a.to_wire() for a in articles]})
+
+    async def get(self, request: web.Request) -> web.Response:
+        try:
+            identity = await self._identify(request)
+            article = await self._service.get(identity, request.match_info["article_id"])
+        except AppError as exc:
+            return error_response(exc)
+        return web.json_response({"ok": True, "article": article.to_wire()})
+
+    async def create(self, request: web.Request) -> web.Response:
+        try:
+            identity = await self._identify(request)
+            body = await self._body(request)
+            given = body.get("id")
+            article = await self._service.put(
+                identity,
+                title=body.get("title"),
+                content=body.get("content"),
+                url=body.get("url"),
+                tags=body.get("tags"),
+                article_id=given if isinstance(given, str) and given else None,
+            )
+        except AppError as exc:
+            return error_response(exc)
+        return web.json_response({"ok": True, "article": article.to_wire()}, status=201)
+
+    async def replace(self, request: web.Request) -> web.Response:
+        try:
+            identity = await self._identify(request)
+            body = await self._body(request)
+            article = await self._service.put(
+                identity,
+                title=body.get("title"),
+                content=body.get("content"),
+                url=body.get("url"),
+                tags=body.get("tags"),
+                article_id=request.match_info["article_id"],
+                must_exist=True,
+            )
+        except AppError as exc:
+            return error_response(exc)
+        return web.json_response({"ok": True, "article": article.to_wire()})
+
+    async def delete(self, request: web.Request) -> web.Response:
+        try:
+            identity = await self._identify(request)
+            await self._service.delete(identity, request.match_info["article_id"])
+        except AppError as exc:
+            return error_response(exc)
+        return web.json_response({"ok": True})
+
+    async def _identify(self, request: web.Request) -> Any:
+        return await self._auth.identify(bearer_token(request.headers.get("Authorization")))
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        limit = self._service.settings.max_chars * 4 + BODY_SLACK  # UTF-8 and escapes
+        raw = await request.content.read(limit + 1)
+        if len(raw) > limit:
+            raise PayloadTooLarge("The body is too large")
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            raise InvalidPayload("The body must be JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidPayload("The body must be a JSON object")
+        return body

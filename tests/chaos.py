@@ -88,6 +88,8 @@ class Client:
     _ever_connected: bool = False
     _up: asyncio.Event = field(default_factory=asyncio.Event)  # the namespace is connected
     _closed: asyncio.Event = field(default_factory=asyncio.Event)  # the run is over
+    generation: int = 0  # connections so far: a send retried on a new one is seen live there
+    resent: set[int] = field(default_factory=set)  # own seqs acked on a later connection
     _join_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _rejoining: asyncio.Future[bool] | None = None
 
@@ -106,6 +108,7 @@ class Client:
         self.sio.on("error", self._error, namespace=NAMESPACE)
 
     async def _on_connect(self) -> None:
+        self.generation += 1
         self._up.set()
         self._rejoin()  # as a frontend does on every reconnection, not only at its next send
 
@@ -133,7 +136,11 @@ class Client:
         if message.get("consultationId") != self.consultation:
             return
         self.delivered += 1
-        if self.view.get(message["seq"]) == message["id"] and self._joined:
+        # A send acked only on a later connection (the first attempt's ack was lost with its
+        # connection) is broadcast to the new connection too: the sender skipped was the old
+        # one. That is one delivery per connection, as promised.
+        own_retry = message["seq"] in self.resent
+        if self.view.get(message["seq"]) == message["id"] and self._joined and not own_retry:
             self.live_twice += 1
             self.trace.append((time.monotonic(), "live again", message["seq"]))
         else:
@@ -220,6 +227,7 @@ class Client:
             "content": content,
             "clientMessageId": client_id,
         }
+        first_generation = self.generation
         while not self._closed.is_set():
             if not await self._ensure_joined(self._closed):
                 return
@@ -232,6 +240,8 @@ class Client:
             if ack.get("ok"):
                 message = ack["message"]
                 self.trace.append((time.monotonic(), "ack", message["seq"]))
+                if self.generation != first_generation:
+                    self.resent.add(message["seq"])
                 self.acked[client_id] = message["id"]
                 self.view[message["seq"]] = message["id"]
                 return
@@ -265,6 +275,8 @@ class RawClient:
         self.view: dict[int, str] = {}
         self.acked: dict[str, str] = {}
         self.live_twice = 0
+        self.generation = 0
+        self.resent: set[int] = set()
         self.recoveries: list[float] = []
         self.trace: list[tuple[float, str, int]] = []
         self.retries = 0
@@ -298,6 +310,7 @@ class RawClient:
                     self.url, open_timeout=5, max_size=None, local_addr=(self.source_ip, 0)
                 ) as ws:
                     self._ws = ws
+                    self.generation += 1
                     await self._serve(ws, stop)
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 self._count(f"connection: {type(exc).__name__}")
@@ -365,7 +378,12 @@ class RawClient:
         if not self._mine(message):
             return
         self.delivered += 1
-        if self.view.get(message["seq"]) == message["id"] and self._joined.is_set():
+        own_retry = message["seq"] in self.resent  # as in Client._stored
+        if (
+            self.view.get(message["seq"]) == message["id"]
+            and self._joined.is_set()
+            and not own_retry
+        ):
             self.live_twice += 1
             self.trace.append((time.monotonic(), "live again", message["seq"]))
         else:
@@ -395,6 +413,7 @@ class RawClient:
             "content": content,
             "clientMessageId": client_id,
         }
+        first_generation = self.generation
         while not self._closed.is_set():  # until acknowledged, as Client.send
             await first_of(self._joined, self._closed)
             if self._closed.is_set():
@@ -402,6 +421,8 @@ class RawClient:
             ack = await self._call("sendMessage", payload)
             if ack is not None and ack.get("ok"):
                 message = ack["message"]
+                if self.generation != first_generation:
+                    self.resent.add(message["seq"])
                 self.acked[client_id] = message["id"]
                 self.view[message["seq"]] = message["id"]
                 return
@@ -710,6 +731,11 @@ def explain(
         for at, how, seq in c.trace:
             if how == "live again":
                 stack.note(f"{c.name}: seq {seq} delivered again at {at - stack.started:.2f}s")
+                for when, what, number in c.trace:
+                    if number == seq or (
+                        what.startswith(("disconnected", "joined")) and abs(when - at) < 30
+                    ):
+                        stack.note(f"    {when - stack.started:6.2f}s {what} {number or ''}")
 
 
 def markdown(rows: list[tuple[str, Any]], events: list[str]) -> str:

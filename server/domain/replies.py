@@ -102,6 +102,7 @@ class ReplySettings:
     resume: bool = True  # continue a reply whose instance died (off: store what streamed)
 
 
+BUFFER_MIN_SECONDS = 120.0
 MAX_LOSSES = 3  # lock losses in a row before leaving a consultation's questions to others
 
 
@@ -227,7 +228,11 @@ class ReplyService:
 
     @property
     def _buffer_ttl(self) -> float:
-        return self._ttl * 2
+        # The buffer is the only copy of what the room saw of a reply until it is stored: it
+        # must outlive its instance's death by far more than a lock TTL (the next holder, or a
+        # reaper, stores or continues it; the chaos run saw a taker killed and the text expire
+        # at twice the TTL before anyone came).
+        return max(self._ttl * 2, BUFFER_MIN_SECONDS)
 
     # -- requests -------------------------------------------------------------------------------
 

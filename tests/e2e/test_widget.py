@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -101,6 +102,17 @@ async def _widget_scenario(
         socketio_client_bundle=str(BUNDLE),
     )
     chat_server["url"] = server.url
+    # The tenant's knowledge base: the first question's reply names this article.
+    async with aiohttp.ClientSession() as http:
+        article = {
+            "id": "monday-tours",
+            "title": "Tours on Monday",
+            "url": "https://tours.example/monday",
+            "content": "The Lake Bled tour leaves every Monday at 9:00.",
+        }
+        headers = {"Authorization": "Bearer " + make_token("boss", tenant="t1", role="admin")}
+        async with http.post(f"{server.url}/api/knowledge", json=article, headers=headers) as r:
+            assert r.status == 201, await r.text()
     config = {
         "host": f"{tours}/",
         "other": f"{tours}/booking",
@@ -121,6 +133,11 @@ async def _widget_scenario(
     # The streamed reply, as Markdown.
     assert seen["thinking"] == "The assistant is writing…"
     assert seen["replyBold"] == "Monday"
+    # ... with its source, a link (the reply cites none: every article it was given).
+    assert (seen["sourceLink"], seen["sourceTitle"]) == (
+        "https://tours.example/monday",
+        "Tours on Monday",
+    )
     # A reload, and another page of the site, resume the same conversation.
     assert seen["framesAfterReload"] == 1
     assert seen["afterReload"] == seen["beforeReload"] == seen["otherPage"]

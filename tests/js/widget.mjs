@@ -58,6 +58,8 @@ try {
   const reply = frame.locator(".msg.assistant:not(.streaming)", { hasText: "Echo: Which tours" });
   await reply.waitFor();
   seen.replyBold = await reply.locator("strong").textContent();
+  seen.sourceLink = await reply.locator(".sources a").getAttribute("href");
+  seen.sourceTitle = await reply.locator(".sources a").textContent();
   seen.beforeReload = await bubbles(page);
   await page.screenshot({ path: shots + "/widget-open.png" });
 

@@ -74,7 +74,7 @@
     constructor(node, whoAmI, labels = {}) {
       this.node = node;
       this.whoAmI = whoAmI; // () => my user id
-      this.labels = Object.assign({ you: "You", assistant: "Assistant", support: "support" }, labels);
+      this.labels = Object.assign({ you: "You", assistant: "Assistant", support: "support", sources: "Sources" }, labels);
       this.byId = new Map();
       this.streams = new Map(); // messageId -> {bubble, text, index}
     }
@@ -161,6 +161,30 @@
       const body = el("div", "body");
       body.innerHTML = markdown(message.content); // escaped first: safe for every role
       bubble.append(meta, body);
+      const sources = this._sources(message.sources);
+      if (sources) bubble.appendChild(sources);
+    }
+
+    // The knowledge-base articles a reply cites (all it was given when it cites none), as
+    // links when they have an http(s) URL.
+    _sources(sources) {
+      if (!sources || !sources.length) return null;
+      const shown = sources.some((s) => s.cited) ? sources.filter((s) => s.cited) : sources;
+      const box = el("div", "sources");
+      box.appendChild(el("span", "label", this.labels.sources + ": "));
+      shown.forEach((source, i) => {
+        if (i) box.append(", ");
+        if (source.url && /^https?:\/\//.test(source.url)) {
+          const link = el("a", "source", source.title);
+          link.href = source.url;
+          link.target = "_blank";
+          link.rel = "noopener noreferrer";
+          box.appendChild(link);
+        } else {
+          box.appendChild(el("span", "source", source.title));
+        }
+      });
+      return box;
     }
 
     _place(bubble, seq) {

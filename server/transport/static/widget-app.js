@@ -23,7 +23,7 @@
       ratingQuestion: "How was this conversation?", ratingComment: "Anything to add? (optional)",
       ratingSend: "Send rating", thanks: "Thank you for your rating!", newConversation: "New conversation",
       star: "{n} of 5", online: "Online", reconnecting: "Reconnecting…", offline: "Offline",
-      notSent: "Not sent: ", unavailable: "The chat is unavailable right now. Retrying…",
+      notSent: "Not sent: ", unavailable: "The chat is unavailable right now. Retrying…", sources: "Sources",
     },
     ru: {
       title: "Напишите нам", close: "Закрыть чат", send: "Отправить", stop: "Стоп", human: "Позвать человека",
@@ -37,7 +37,7 @@
       ratingQuestion: "Как прошёл разговор?", ratingComment: "Хотите что-то добавить? (необязательно)",
       ratingSend: "Оценить", thanks: "Спасибо за оценку!", newConversation: "Новый разговор",
       star: "{n} из 5", online: "В сети", reconnecting: "Переподключение…", offline: "Нет связи",
-      notSent: "Не отправлено: ", unavailable: "Чат сейчас недоступен. Пробуем снова…",
+      notSent: "Не отправлено: ", unavailable: "Чат сейчас недоступен. Пробуем снова…", sources: "Источники",
     },
     zh: {
       title: "联系我们", close: "关闭聊天", send: "发送", stop: "停止", human: "转人工",
@@ -51,7 +51,7 @@
       ratingQuestion: "您对本次对话满意吗？", ratingComment: "还有什么想说的吗？（可选）",
       ratingSend: "提交评价", thanks: "感谢您的评价！", newConversation: "新对话",
       star: "{n} 星（共 5 星）", online: "在线", reconnecting: "正在重新连接…", offline: "离线",
-      notSent: "未发送：", unavailable: "聊天暂时不可用，正在重试…",
+      notSent: "未发送：", unavailable: "聊天暂时不可用，正在重试…", sources: "来源",
     },
   };
   const lang = STRINGS[(params.get("lang") || navigator.language || "en").slice(0, 2).toLowerCase()] ? (params.get("lang") || navigator.language).slice(0, 2).toLowerCase() : "en";
@@ -82,7 +82,7 @@
   const contextReady = window.parent === window ? Promise.resolve()
     : new Promise((resolve) => { contextArrived = resolve; setTimeout(resolve, 1000); });
   const others = new Map(); // who is typing
-  const log = new Chat.Log($("log"), () => me, { you: t("you"), assistant: t("assistant"), support: t("support") });
+  const log = new Chat.Log($("log"), () => me, { you: t("you"), assistant: t("assistant"), support: t("support"), sources: t("sources") });
 
   function tellHost(type, data = {}) {
     if (window.parent !== window && host) window.parent.postMessage(Object.assign({ source: SOURCE, type }, data), host);

@@ -7,7 +7,7 @@ one contract suite in ``tests/contract`` that every implementation passes.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol
@@ -147,6 +147,23 @@ class Stats:
     handoffs: int  # times a human was asked for
     avg_rating: float | None
     ratings: int
+    # The knowledge base: articles cited most (id, title, count), the most frequent user
+    # questions (normalized text, count), and replies given no source at all.
+    top_sources: list[tuple[str, str, int]] = field(default_factory=list)
+    top_questions: list[tuple[str, int]] = field(default_factory=list)
+    unanswered: int = 0
+
+
+TOP_STATS = 10  # how many top sources and questions the stats list
+
+
+QUESTION_TRIM = " ?!.,;:\n\t"
+
+
+def normalized_question(text: str) -> str:
+    """A question as counted among the popular ones: lower case, without the spaces and
+    punctuation around it, at most 200 characters (MongoDB's $toLower folds ASCII only)."""
+    return text.lower().strip(QUESTION_TRIM)[:200]
 
 
 class StatsReader(Protocol):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
 from statistics import fmean
@@ -17,7 +18,14 @@ from ..domain.models import (
     Role,
     sorted_consultations,
 )
-from ..domain.ports import COUNTED_ROLES, Appended, OneOf, Stats
+from ..domain.ports import (
+    COUNTED_ROLES,
+    TOP_STATS,
+    Appended,
+    OneOf,
+    Stats,
+    normalized_question,
+)
 
 
 class MemoryStore:
@@ -179,6 +187,7 @@ class MemoryStore:
             handoffs=sum(c.handoffs for c in created),
             avg_rating=fmean(scores) if scores else None,
             ratings=len(scores),
+            **_knowledge_figures(messages),
         )
 
 
@@ -193,3 +202,32 @@ def _matches(consultation: Consultation, expect: Mapping[str, Any]) -> bool:
         elif value != wanted:
             return False
     return True
+
+
+def _knowledge_figures(messages: list[Message]) -> dict[str, Any]:
+    cited: Counter[str] = Counter()
+    titles: dict[str, str] = {}
+    questions: Counter[str] = Counter()
+    unanswered = 0
+    for message in messages:
+        if message.role is Author.USER:
+            question = normalized_question(message.content)
+            if question:
+                questions[question] += 1
+        elif message.role is Author.ASSISTANT:
+            if not message.sources:
+                unanswered += 1
+            for source in message.sources or []:
+                if source.cited:
+                    cited[source.id] += 1
+                    titles[source.id] = source.title
+    return {
+        "top_sources": [(i, titles[i], n) for i, n in _top(cited)],
+        "top_questions": _top(questions),
+        "unanswered": unanswered,
+    }
+
+
+def _top(counter: Counter[str]) -> list[tuple[str, int]]:
+    """Most frequent first; ties in alphabetical order (as the MongoDB store sorts them)."""
+    return sorted(counter.items(), key=lambda item: (-item[1], item[0]))[:TOP_STATS]

@@ -32,7 +32,14 @@ from ..domain.models import (
     Role,
     sorted_consultations,
 )
-from ..domain.ports import COUNTED_ROLES, Appended, OneOf, Stats
+from ..domain.ports import (
+    COUNTED_ROLES,
+    QUESTION_TRIM,
+    TOP_STATS,
+    Appended,
+    OneOf,
+    Stats,
+)
 from ..errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
@@ -160,6 +167,7 @@ class MongoStore:
         async with _translated("read stats"):
             c = await _single(await self._consultations.aggregate(consultations))
             m = await _single(await self._messages.aggregate(messages))
+            knowledge = await self._knowledge_figures(tenant_id, since, until)
         count = int(c.get("count", 0))
         return Stats(
             consultations=count,
@@ -171,7 +179,56 @@ class MongoStore:
             handoffs=int(c.get("handoffs", 0)),
             avg_rating=c.get("avgRating"),
             ratings=int(c.get("ratings", 0)),
+            **knowledge,
         )
+
+    async def _knowledge_figures(
+        self, tenant_id: str, since: datetime | None, until: datetime | None
+    ) -> dict[str, Any]:
+        """The articles cited most, the most frequent questions, replies with no source."""
+        period: Document = {"tenantId": tenant_id, **_period("timestamp", since, until)}
+        top: list[Document] = [
+            {"$sort": {"count": DESCENDING, "_id": ASCENDING}},
+            {"$limit": TOP_STATS},
+        ]
+        sources: list[Document] = [
+            {"$match": {**period, "role": Author.ASSISTANT.value, "sources.cited": True}},
+            {"$unwind": "$sources"},
+            {"$match": {"sources.cited": True}},
+            {
+                "$group": {
+                    "_id": "$sources.id",
+                    "count": {"$sum": 1},
+                    "title": {"$last": "$sources.title"},
+                }
+            },
+            *top,
+        ]
+        question: Document = {
+            "$substrCP": [
+                {"$trim": {"input": {"$toLower": "$content"}, "chars": QUESTION_TRIM}},
+                0,
+                200,
+            ]
+        }
+        questions: list[Document] = [
+            {"$match": {**period, "role": Author.USER.value}},
+            {"$group": {"_id": question, "count": {"$sum": 1}}},
+            {"$match": {"_id": {"$ne": ""}}},
+            *top,
+        ]
+        unsourced: Document = {
+            **period,
+            "role": Author.ASSISTANT.value,
+            "$or": [{"sources": {"$exists": False}}, {"sources": None}, {"sources": []}],
+        }
+        cited = await (await self._messages.aggregate(sources)).to_list()
+        asked = await (await self._messages.aggregate(questions)).to_list()
+        return {
+            "top_sources": [(d["_id"], d["title"], int(d["count"])) for d in cited],
+            "top_questions": [(d["_id"], int(d["count"])) for d in asked],
+            "unanswered": await self._messages.count_documents(unsourced),
+        }
 
     async def get_or_create(
         self, key: ConsultationKey, owner_id: str, owner_role: Role = Role.USER

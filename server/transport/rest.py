@@ -92,6 +92,11 @@ class Routes:
                 "handoffs": found.handoffs,
                 "avgRating": _rounded(found.avg_rating, 2),
                 "ratings": found.ratings,
+                "topSources": [
+                    {"id": i, "title": title, "count": n} for i, title, n in found.top_sources
+                ],
+                "topQuestions": [{"text": text, "count": n} for text, n in found.top_questions],
+                "unanswered": found.unanswered,
             }
         )
 

@@ -384,3 +384,25 @@ async def test_a_reply_keeps_its_sources(store: Store) -> None:
     [read] = await store.recent(KEY, 1)
     assert read == stored and read.sources == sources
     assert read.to_wire()["sources"][1] == {"id": "refunds", "title": "Refunds", "cited": False}
+
+
+async def test_stats_count_cited_sources_popular_questions_and_unsourced_replies(
+    store: Store,
+) -> None:
+    bled = Source(id="bled", title="Lake Bled", cited=True)
+    refunds = Source(id="refunds", title="Refunds", cited=True)
+    uncited = Source(id="visa", title="Visas")
+    for text in ["When does the Bled tour leave?", "when does the bled tour leave", "Refunds?"]:
+        await store.append(draft(content=text))
+    await store.append(draft(role=Author.ASSISTANT, sources=[bled, uncited]))
+    await store.append(draft(role=Author.ASSISTANT, sources=[bled, refunds]))
+    await store.append(draft(role=Author.ASSISTANT))  # no source at all
+    await store.append(
+        draft(ConsultationKey("tenant-b", "x"), role=Author.ASSISTANT, sources=[bled])
+    )
+
+    stats = await store.stats("tenant-a", None, None)
+
+    assert stats.top_sources == [("bled", "Lake Bled", 2), ("refunds", "Refunds", 1)]
+    assert stats.top_questions == [("when does the bled tour leave", 2), ("refunds", 1)]
+    assert stats.unanswered == 1

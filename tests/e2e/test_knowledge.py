@@ -136,6 +136,21 @@ async def test_answers_come_from_the_tenants_own_articles_with_their_sources(
     prompt = "\n".join(m["content"] for m in fake_openai.requests_for("good")[-1]["messages"])
     assert "<knowledge>" not in prompt
 
+    # The stats: what was cited, what people ask, what had no source (per tenant).
+    status, stats = await call("GET", f"{server.url}/api/stats", ADMIN_1)
+    assert status == 200
+    assert stats["topSources"] == [{"id": "lake-bled", "title": "Lake Bled day tour", "count": 1}]
+    assert stats["topQuestions"] == [
+        {"text": "when does the lake bled tour leave? [1]", "count": 1}
+    ]
+    assert stats["unanswered"] == 0
+    status, stats = await call("GET", f"{server.url}/api/stats", ADMIN_2)
+    assert (stats["topSources"], stats["unanswered"]) == ([], 1)
+    assert [q["text"] for q in stats["topQuestions"]] == [
+        "do you sell umbrellas",
+        "when does the bled tour leave",
+    ]
+
 
 async def test_the_offline_assistant_quotes_the_best_article_and_names_it(
     start_server: StartServer, connect: Connect

@@ -41,6 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     chat.add_argument("--consultation", required=True, help="the consultation to join")
     chat.add_argument("--token", help="a JWT (JWT mode)")
     chat.add_argument("--user", help="the dev-auth identity to use (no JWT_SECRET)")
+    knowledge = commands.add_parser(
+        "knowledge",
+        help="import or export a tenant's knowledge base (needs MONGODB_URL)",
+        description="Import Markdown, JSON or JSON Lines files (a file or a folder) into a "
+        "tenant's knowledge base, or export it (PATH.jsonl, or a folder of Markdown files). "
+        "Importing again replaces articles by id (or by file path): never duplicates.",
+    )
+    knowledge.add_argument("action", choices=["import", "export"])
+    knowledge.add_argument("path")
+    knowledge.add_argument("--tenant", required=True)
     args = parser.parse_args(argv)
     if args.command == "chat":  # a client: no server settings involved
         from .terminal import chat as run_chat
@@ -54,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "token":
         return _print_token(settings, args)
+    if args.command == "knowledge":
+        from .knowledge_cli import run as run_knowledge
+
+        return run_knowledge(settings, args.action, args.path, args.tenant)
     return _serve(settings)
 
 

@@ -232,7 +232,7 @@ def build(
     settings: Settings, *, store: Store | None = None, assistant: Assistant | None = None
 ) -> Components:
     metrics = PrometheusMetrics()
-    store = store or _store(settings)
+    store = store or store_for(settings)
     assistant = assistant or _assistant(settings, metrics)
     redis = _redis(settings)
     coordination = on_redis(redis) if redis is not None else in_memory()
@@ -757,7 +757,7 @@ def new_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def _store(settings: Settings) -> Store:
+def store_for(settings: Settings) -> Store:
     if settings.mongodb_url:
         from .storage.mongo import MongoStore
 

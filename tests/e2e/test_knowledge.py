@@ -5,7 +5,11 @@ SecantusDB where two instances share a database."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -13,7 +17,7 @@ import pytest
 
 from tests.conftest import JWT_SECRET, Connect, RunningServer, StartServer, make_token
 from tests.fakes.openai_server import FakeOpenAI
-from tests.servers import MongoServer
+from tests.servers import ROOT, MongoServer, clean_env
 
 ADMIN_1 = make_token("admin-1", tenant="t1", role="admin")
 ADMIN_2 = make_token("admin-2", tenant="t2", role="admin")
@@ -193,3 +197,76 @@ async def test_an_edit_on_one_instance_is_used_by_the_next_answer_on_another(
     assert (
         "every Tuesday at 10:00" in prompt and "every Monday" not in prompt.split("<knowledge>")[1]
     )
+
+
+def knowledge_cli(mongo: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    env = clean_env(MONGODB_URL=mongo["mongodb_url"], MONGODB_DB=mongo["mongodb_db"])
+    return subprocess.run(
+        [sys.executable, "-m", "server", "knowledge", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_a_folder_of_markdown_and_json_imports_idempotently_and_exports_back(
+    start_server: StartServer, mongo_server: MongoServer, tmp_path: Path, connect: Connect
+) -> None:
+    folder = tmp_path / "kb"
+    (folder / "tours").mkdir(parents=True)
+    (folder / "tours" / "lake-bled.md").write_text(
+        "<!-- url: https://tours.example/bled -->\n# Lake Bled day tour\n\nLeaves every "
+        "Monday at 9:00.\n\n## Price\n\n65 euros.\n"
+    )
+    (folder / "faq.jsonl").write_text(
+        json.dumps({"id": "refunds", "title": "Refunds", "content": "Full refund up to 48 h."})
+        + "\n"
+        + json.dumps({"title": "Visas", "content": "No visa is needed within the EU."})
+        + "\n"
+    )
+    mongo = {"mongodb_url": mongo_server.url, "mongodb_db": f"kb_{uuid.uuid4().hex[:10]}"}
+    first = knowledge_cli(mongo, "import", str(folder), "--tenant", "t1")
+    assert first.returncode == 0, first.stderr
+    assert "imported 3 articles into tenant t1: 3 new, 0 replaced" in first.stdout
+    again = knowledge_cli(mongo, "import", str(folder), "--tenant", "t1")
+    assert "3 new" not in again.stdout and "0 new, 3 replaced" in again.stdout
+
+    server = await start_server(jwt_secret=JWT_SECRET, **mongo)
+    status, body = await call("GET", f"{server.url}/api/knowledge", ADMIN_1)
+    assert status == 200
+    articles = {a["id"]: a for a in body["articles"]}
+    assert sorted(articles) == ["faq-2", "refunds", "tours-lake-bled"]
+    bled = articles["tours-lake-bled"]
+    assert (bled["title"], bled["url"]) == ("Lake Bled day tour", "https://tours.example/bled")
+    assert "<!--" not in bled["content"] and "## Price" in bled["content"]
+    # Imported articles answer questions.
+    user = await connect(server.url, token=make_token("u1", tenant="t1"), join="q")
+    _, reply = await user.ask("q", "How much is the Lake Bled tour?")
+    assert [s["id"] for s in reply["sources"]] == ["tours-lake-bled"]
+
+    exported = tmp_path / "out.jsonl"
+    result = knowledge_cli(mongo, "export", str(exported), "--tenant", "t1")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert [line["id"] for line in lines] == ["faq-2", "refunds", "tours-lake-bled"]
+    markdown = tmp_path / "md"
+    knowledge_cli(mongo, "export", str(markdown), "--tenant", "t1")
+    text = (markdown / "tours-lake-bled.md").read_text()
+    assert text.startswith("<!-- url: https://tours.example/bled -->\n# Lake Bled day tour")
+    # What was exported imports back as the same articles (by id).
+    back = knowledge_cli(mongo, "import", str(exported), "--tenant", "t1")
+    assert "0 new, 3 replaced" in back.stdout, back.stdout + back.stderr
+
+
+def test_the_knowledge_command_needs_mongodb(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "knowledge", "import", str(tmp_path), "--tenant", "t"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "MONGODB_URL" in result.stderr

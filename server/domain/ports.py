@@ -513,6 +513,10 @@ class ReplyMetrics(MessageMetrics, Protocol):
         """A model failed before its first token and the next of the chain was asked."""
         ...
 
+    def reply_grounded(self, grounding: str) -> None:
+        """A stored reply's sources: cited, uncited (given, none cited) or none."""
+        ...
+
 
 class HandoffMetrics(MessageMetrics, Protocol):
     """What the operator handoff counts."""
@@ -546,6 +550,9 @@ class NoMetrics:
         return None
 
     def fallback_used(self, failed_model: str) -> None:
+        return None
+
+    def reply_grounded(self, grounding: str) -> None:
         return None
 
     def rejected(self, reason: str) -> None:

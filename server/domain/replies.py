@@ -829,6 +829,11 @@ class ReplyService:
         if draft.content:
             self._metrics.message_stored(Author.ASSISTANT.value)
             self._metrics.reply_finished(draft.model, status, draft.first_token_after, seconds)
+            sources = sources_of(draft.passages, draft.content) or []
+            grounding = (
+                "none" if not sources else "cited" if any(s.cited for s in sources) else "uncited"
+            )
+            self._metrics.reply_grounded(grounding)
         first = draft.first_token_after
         fields = {
             "consultationId": draft.key.consultation_id,

@@ -65,6 +65,13 @@ class PrometheusMetrics:
             buckets=REPLY_BUCKETS,
             registry=r,
         )
+        self._grounded = Counter(
+            f"{PREFIX}_ai_replies_grounded",
+            "Stored replies by their knowledge-base sources: cited, uncited (given, none "
+            "cited) or none (no article matched: a gap in the knowledge base)",
+            ["grounding"],
+            registry=r,
+        )
         self._ai_errors = Counter(
             f"{PREFIX}_ai_errors",
             "Model failures, by error code and model",
@@ -132,6 +139,9 @@ class PrometheusMetrics:
 
     def fallback_used(self, failed_model: str) -> None:
         self._fallbacks.labels(failed_model).inc()
+
+    def reply_grounded(self, grounding: str) -> None:
+        self._grounded.labels(grounding).inc()
 
     def rejected(self, reason: str) -> None:
         self._rejected.labels(reason).inc()

@@ -19,6 +19,7 @@ from tests.conftest import JWT_SECRET, Connect, RunningServer, StartServer, make
 from tests.fakes.openai_server import FakeOpenAI
 from tests.servers import ROOT, MongoServer, clean_env
 
+METRICS_TOKEN = "scrape-" + "k" * 40
 ADMIN_1 = make_token("admin-1", tenant="t1", role="admin")
 ADMIN_2 = make_token("admin-2", tenant="t2", role="admin")
 
@@ -58,7 +59,9 @@ async def add(server: RunningServer, token: str, article: dict[str, Any]) -> dic
 
 @pytest.fixture
 async def server(start_server: StartServer) -> RunningServer:
-    return await start_server(jwt_secret=JWT_SECRET, knowledge_max_chars=1000)
+    return await start_server(
+        jwt_secret=JWT_SECRET, knowledge_max_chars=1000, metrics_token=METRICS_TOKEN
+    )
 
 
 async def test_admins_keep_the_knowledge_base_and_nobody_else_may(server: RunningServer) -> None:
@@ -154,6 +157,15 @@ async def test_answers_come_from_the_tenants_own_articles_with_their_sources(
         "do you sell umbrellas",
         "when does the bled tour leave",
     ]
+    # And the metrics the dashboard plots: one reply of each grounding.
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{server.url}/metrics", headers=headers) as r,
+    ):
+        exposition = await r.text()
+    for grounding in ("cited", "uncited", "none"):
+        assert f'chat_ai_replies_grounded_total{{grounding="{grounding}"}} 1.0' in exposition
 
 
 async def test_the_offline_assistant_quotes_the_best_article_and_names_it(

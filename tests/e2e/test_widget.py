@@ -153,6 +153,9 @@ async def _widget_scenario(
     assert seen["badge"] == "1" and "1 unread" in seen["unreadLabel"]
     assert "Hello, I am Dana" in seen["operatorBubble"] and seen["badgeAfterOpen"] is False
     assert seen["rated"] is True
+    # The console's insights: what people asked (the reply cited no article: none listed).
+    assert "which tours leave on **monday** ×1" in seen["insights"]
+    assert "replies had no source" in seen["insights"]
     # Signed in: the conversation is the user's, with its history, in the same widget.
     assert seen["identified"]["userId"] == "user-42" and len(seen["identified"]["moved"]) == 1
     assert seen["mineAfterIdentify"] == 2  # the visitor's questions, now shown as the user's

@@ -107,7 +107,10 @@ try {
   step("accept");
   await queued.locator(".accept").click();
   await page.waitForSelector("#banner >> text=/Dana from support is with you/");
-  seen.operatorHistory = await console_.$$eval(`.log[data-consultation="${seen.consultationId}"] .msg[data-id]`, (n) => n.length);
+  // The accept's history lands in the console's log after the user's banner may show: wait.
+  const historySelector = `.log[data-consultation="${seen.consultationId}"] .msg[data-id]`;
+  await console_.waitForFunction((sel) => document.querySelectorAll(sel).length >= 4, historySelector);
+  seen.operatorHistory = await console_.$$eval(historySelector, (n) => n.length);
   seen.mine = await console_.textContent("#mine");
 
   step("typing");

@@ -139,6 +139,11 @@ try {
   await widget.locator("#rating-question", { hasText: "Thank you" }).waitFor();
   seen.rated = true;
 
+  step("insights");
+  await console_.click("#insights summary");
+  await console_.locator("#insights-body .unanswered").waitFor();
+  seen.insights = await console_.locator("#insights-body").textContent();
+
   step("identify");
   // The visitor signs in on the site: the site hands the widget its user token.
   seen.identified = await page.evaluate((token) => window.ConsultationWidget.identify(token), config.userToken);

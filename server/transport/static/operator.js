@@ -195,5 +195,32 @@
   };
   // Waiting times tick on their own.
   setInterval(() => { for (const node of document.querySelectorAll(".waited")) node.textContent = ago(node.dataset.since); }, 1000);
+  // -- Insights: what people ask, what the knowledge base answers (GET /api/stats) ----------
+  async function loadInsights() {
+    const body = $("insights-body");
+    const token = $("token").value.trim();
+    if (!token) { body.textContent = ""; body.appendChild(Chat.el("div", "empty", "Insights need a token (JWT mode).")); return; }
+    const since = new Date(Date.now() - 7 * 24 * 3600 * 1000).toISOString();
+    let stats;
+    try {
+      const response = await fetch("/api/stats?from=" + encodeURIComponent(since), { headers: { Authorization: "Bearer " + token } });
+      stats = await response.json();
+    } catch (e) { stats = { ok: false, error: { message: String(e) } }; }
+    body.textContent = "";
+    if (!stats.ok) { body.appendChild(Chat.el("div", "empty", "No insights: " + stats.error.message)); return; }
+    const list = (title, items, label) => {
+      body.appendChild(Chat.el("h3", "", title));
+      const ol = Chat.el("ol", "top");
+      if (!items.length) ol.appendChild(Chat.el("li", "sub", "nothing yet"));
+      for (const item of items) ol.appendChild(Chat.el("li", "", label(item) + " ×" + item.count));
+      body.appendChild(ol);
+    };
+    list("Popular questions", stats.topQuestions, (q) => q.text);
+    list("Most cited articles", stats.topSources, (s) => s.title);
+    body.appendChild(Chat.el("p", "sub unanswered", stats.unanswered + " replies had no source (gaps in the knowledge base)"));
+  }
+  $("insights").addEventListener("toggle", () => { if ($("insights").open) loadInsights(); });
+  setInterval(() => { if ($("insights").open) loadInsights(); }, 60000);
+
   start();
 })();

@@ -133,7 +133,9 @@ class HandoffService:
                 return current, await self._position(current)
             raise _refused(current, "An operator already holds this consultation")
         self._metrics.handoff("requested")
-        await self._record(updated, "You asked for a human operator. One will join shortly.")
+        await self._record(
+            updated, "operator_requested", "You asked for a human operator. One will join shortly."
+        )
         position = await self._position(updated)
         await self._announce(updated, position)
         await self._ask_operators(updated)
@@ -176,7 +178,12 @@ class HandoffService:
             if updated.waiting_since is not None:
                 self._metrics.queue_waited((utcnow() - updated.waiting_since).total_seconds())
             await self._replies.cut(key)
-            await self._record(updated, f"{operator.name} (support) joined the consultation.")
+            await self._record(
+                updated,
+                "operator_joined",
+                f"{operator.name} (support) joined the consultation.",
+                operator,
+            )
             await self._announce(updated, None)
             await self._rooms.to_room(
                 key.room,
@@ -206,7 +213,9 @@ class HandoffService:
             raise _refused(current, "No operator holds this consultation")
         self._metrics.handoff("released")
         await self._record(
-            updated, "The support operator handed the conversation back to the assistant."
+            updated,
+            "released",
+            "The support operator handed the conversation back to the assistant.",
         )
         await self._announce(updated, None)
         return updated
@@ -232,7 +241,7 @@ class HandoffService:
             return await self._current(key)  # closed already: closing again is harmless
         self._metrics.handoff("closed")
         await self._replies.cut(key)
-        await self._record(updated, "The consultation was closed.")
+        await self._record(updated, "closed", "The consultation was closed.")
         await self._announce(updated, None)
         if current.mode is Mode.WAITING:
             await self.publish_queue(key.tenant_id)
@@ -329,6 +338,7 @@ class HandoffService:
                 self._metrics.handoff("timed_out")
                 await self._record(
                     updated,
+                    "timed_out",
                     "No operator is available right now. The assistant will keep helping you; "
                     "you may ask for a human again later.",
                 )
@@ -358,8 +368,10 @@ class HandoffService:
         self._metrics.handoff("requeued")
         await self._record(
             updated,
+            "requeued",
             f"{operator.name} (support) was disconnected. You are back at the front of the "
             "queue; another operator will join shortly.",
+            operator,
         )
         position = await self._position(updated)
         await self._announce(updated, position)
@@ -374,9 +386,25 @@ class HandoffService:
             raise NotFound("No such consultation")
         return current
 
-    async def _record(self, consultation: Consultation, text: str) -> None:
-        """The change, in the message log (with its seq) and to the room."""
-        appended = await self._store.append(Message.new(consultation.key, Author.SYSTEM, text))
+    async def _record(
+        self,
+        consultation: Consultation,
+        note: str,
+        text: str,
+        operator: OperatorRef | None = None,
+    ) -> None:
+        """The change, in the message log (with its seq) and to the room: ``note`` says what
+        happened (clients phrase it for their reader), ``text`` is the customer's wording,
+        ``operator`` the one it names (``userId``, ``authorName``)."""
+        message = Message.new(
+            consultation.key,
+            Author.SYSTEM,
+            text,
+            note=note,
+            user_id=operator.id if operator else None,
+            author_name=operator.name if operator else None,
+        )
+        appended = await self._store.append(message)
         self._metrics.message_stored(Author.SYSTEM.value)
         await self._rooms.to_room(consultation.key.room, SystemMessage(message=appended.message))
 

@@ -254,9 +254,21 @@ class Message(Record):
     # reaching the room (what the user waited), for the AI response-time figures.
     response_ms: int | None = None
     sources: list[Source] | None = None  # a reply: the articles it was given, in rank order
+    # A system note: what happened (operator_requested, operator_joined, released, closed,
+    # timed_out, requeued), so that each reader's client phrases it for them; ``content`` is
+    # the customer's wording, ``author_name`` the operator it names.
+    note: str | None = None
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"model", "client_message_id", "answers_seq", "author_name", "response_ms", "sources"}
+        {
+            "model",
+            "client_message_id",
+            "answers_seq",
+            "author_name",
+            "response_ms",
+            "sources",
+            "note",
+        }
     )
 
     @property

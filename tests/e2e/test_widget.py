@@ -148,6 +148,7 @@ async def _widget_scenario(
     assert seen["queueVisitor"] == 1
     assert (seen["queuePage"], seen["queuePageTitle"]) == (f"{tours}/booking", "Tours: booking")
     assert seen["title"] == "Dana"
+    assert seen["visitorNote"] == 1  # and the console read "The customer asked for a human."
     # Closed panel: the operator's message is counted on the launcher, read when opened.
     assert seen["closedByButton"] is True
     assert seen["badge"] == "1" and "1 unread" in seen["unreadLabel"]

@@ -112,6 +112,10 @@ try {
   step("accept");
   await queued.locator(".accept").click();
   await widget.locator("#banner", { hasText: "Dana from our team is with you" }).waitFor();
+  // Each reader's wording of the same notes.
+  await console_.locator(".msg.system", { hasText: "The customer asked for a human." }).waitFor();
+  await console_.locator(".msg.system", { hasText: "You joined the consultation." }).waitFor();
+  seen.visitorNote = await widget.locator(".msg.system", { hasText: "You asked for a human" }).count();
   seen.title = await widget.locator("#title").textContent();
 
   step("unread");

@@ -152,7 +152,10 @@
       bubble.className = "msg " + (message.role === "system" ? "system" : mine ? "mine" : message.role === "user" ? "other" : message.role);
       bubble.dataset.seq = String(message.seq);
       bubble.textContent = "";
-      if (message.role === "system") { bubble.textContent = message.content; return; }
+      if (message.role === "system") { // phrased for this reader when it knows the note
+        bubble.textContent = (message.note && this.labels.note && this.labels.note(message)) || message.content;
+        return;
+      }
       const labels = this.labels;
       const who = mine ? labels.you : message.role === "assistant" ? labels.assistant
         : message.role === "operator" ? (message.authorName || message.userId) + " (" + labels.support + ")" : message.userId;

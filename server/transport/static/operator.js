@@ -20,6 +20,20 @@
     return seconds < 60 ? seconds + " s" : Math.floor(seconds / 60) + " min " + (seconds % 60) + " s";
   };
 
+  // System notes as an operator reads them (the stored text is the customer's wording).
+  function operatorNote(message) {
+    const name = message.authorName || "An operator";
+    const mine = message.userId && message.userId === me;
+    return ({
+      operator_requested: "The customer asked for a human.",
+      operator_joined: mine ? "You joined the consultation." : name + " joined the consultation.",
+      released: "Handed back to the assistant.",
+      closed: "The consultation was closed.",
+      timed_out: "Nobody took the request in time: the assistant goes on.",
+      requeued: name + " was disconnected: the consultation went back to the queue.",
+    })[message.note] || null;
+  }
+
   // Who the customer is: a visitor from the website (and the page), or a signed-in user.
   function who(role, page) {
     const box = Chat.el("div", "sub who");
@@ -96,7 +110,7 @@
       const node = Chat.el("div", "log");
       node.dataset.consultation = consultation.id;
       $("logs").appendChild(node);
-      const log = new Chat.Log(node, () => me);
+      const log = new Chat.Log(node, () => me, { note: operatorNote });
       const room = new Chat.Room(socket, consultation.id, log, {
         onJoined: (joined) => update(joined.consultation),
         onError: (error) => log.notice("Could not join: " + error.message),

@@ -38,6 +38,14 @@
       ratingSend: "Оценить", thanks: "Спасибо за оценку!", newConversation: "Новый разговор",
       star: "{n} из 5", online: "В сети", reconnecting: "Переподключение…", offline: "Нет связи",
       notSent: "Не отправлено: ", unavailable: "Чат сейчас недоступен. Пробуем снова…", sources: "Источники",
+      notes: {
+        operator_requested: "Вы попросили позвать сотрудника. Он скоро подключится.",
+        operator_joined: "{name} (поддержка) подключился к разговору.",
+        released: "Сотрудник передал разговор обратно ассистенту.",
+        closed: "Разговор завершён.",
+        timed_out: "Сейчас никто из сотрудников не свободен. Ассистент продолжит помогать; позвать человека можно позже.",
+        requeued: "{name} (поддержка) отключился. Вы снова первый в очереди; скоро подключится другой сотрудник.",
+      },
     },
     zh: {
       title: "联系我们", close: "关闭聊天", send: "发送", stop: "停止", human: "转人工",
@@ -52,6 +60,14 @@
       ratingSend: "提交评价", thanks: "感谢您的评价！", newConversation: "新对话",
       star: "{n} 星（共 5 星）", online: "在线", reconnecting: "正在重新连接…", offline: "离线",
       notSent: "未发送：", unavailable: "聊天暂时不可用，正在重试…", sources: "来源",
+      notes: {
+        operator_requested: "您已请求人工客服，客服很快会加入。",
+        operator_joined: "客服 {name} 已加入对话。",
+        released: "客服已将对话交回给助手。",
+        closed: "对话已结束。",
+        timed_out: "目前没有空闲的客服。助手会继续为您服务，您稍后可以再次请求人工。",
+        requeued: "客服 {name} 已断开。您已回到队列最前面，其他客服很快会加入。",
+      },
     },
   };
   const lang = STRINGS[(params.get("lang") || navigator.language || "en").slice(0, 2).toLowerCase()] ? (params.get("lang") || navigator.language).slice(0, 2).toLowerCase() : "en";
@@ -82,7 +98,12 @@
   const contextReady = window.parent === window ? Promise.resolve()
     : new Promise((resolve) => { contextArrived = resolve; setTimeout(resolve, 1000); });
   const others = new Map(); // who is typing
-  const log = new Chat.Log($("log"), () => me, { you: t("you"), assistant: t("assistant"), support: t("support"), sources: t("sources") });
+  // System notes in the visitor's language (the stored text is English).
+  const note = (message) => {
+    const text = STRINGS[lang].notes && STRINGS[lang].notes[message.note];
+    return text ? text.replace("{name}", message.authorName || "") : null;
+  };
+  const log = new Chat.Log($("log"), () => me, { you: t("you"), assistant: t("assistant"), support: t("support"), sources: t("sources"), note });
 
   function tellHost(type, data = {}) {
     if (window.parent !== window && host) window.parent.postMessage(Object.assign({ source: SOURCE, type }, data), host);

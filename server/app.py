@@ -41,6 +41,7 @@ from .domain.ports import Assistant, ReplyMetrics, Store
 from .domain.presence import PresenceService
 from .domain.replies import ReplyCoordination, ReplyService, ReplySettings
 from .domain.session import Services
+from .domain.tenants import TenantService
 from .domain.visitors import VisitorService, WidgetKey
 from .errors import AppError
 from .fanout.hub import RoomHub
@@ -63,6 +64,7 @@ from .transport.rest import Routes, cors_middleware
 from .transport.socketio.bridge import EngineBridge
 from .transport.socketio.namespace import ChatNamespace
 from .transport.socketio.server import create_server
+from .transport.tenants import TenantRoutes
 from .transport.visitors import VisitorRoutes
 from .transport.websocket import RawChatEndpoint, RawSettings
 
@@ -102,6 +104,7 @@ class Components:
     metrics_endpoint: MetricsEndpoint
     visitors: VisitorService
     knowledge: KnowledgeService
+    tenants: TenantService
     on_fatal: Callable[[], None] | None = None  # how the process ends on a fatal start-up
     fatal: str | None = None  # why it did
     store_failure: str | None = None  # the last reason the store could not be started
@@ -334,6 +337,7 @@ def build(
         metrics=metrics,
     )
     presence = PresenceService(coordination.presence, rooms)
+    tenants = TenantService(store)
     connections.bind(
         Services(
             consultations,
@@ -342,6 +346,7 @@ def build(
             connections,
             metrics=metrics,
             log_content=settings.log_content,
+            tenants=tenants,
         )
     )
     proxies = parse_networks(settings.trusted_proxies)
@@ -385,6 +390,7 @@ def build(
         ),
         visitors,
         knowledge,
+        tenants,
     )
     metrics.watch(_live_figures(components))
     if settings.metrics_port is not None:
@@ -492,6 +498,7 @@ def create_app(
     components.metrics_endpoint.install(app)
     visitor_routes.install(app)
     KnowledgeRoutes(components.knowledge, components.authenticator).install(app)
+    TenantRoutes(components.tenants, components.authenticator).install(app)
     Pages(client_script(settings), components.visitors.keys).install(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)

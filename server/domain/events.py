@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from ..errors import InvalidPayload
-from .models import Author, Message, Mode, PageContext
+from .models import Author, CannedReply, Message, Mode, PageContext
 
 # -- client payloads -----------------------------------------------------------------------------
 
@@ -160,6 +160,10 @@ class CloseConsultation(Payload):
 
 
 class GetOperatorQueue(Payload):
+    pass
+
+
+class GetCannedReplies(Payload):
     pass
 
 
@@ -373,6 +377,7 @@ class QueueItem(Wire):
     user_id: str
     user_role: str  # "visitor" for an anonymous visitor from the website widget
     reason: str | None = None
+    preview: str | None = None  # the first question, cut to 140 characters
     waiting_since: str
     position: int
     page: dict[str, str] | None = None  # {url, title?}: where the person came from
@@ -410,6 +415,8 @@ class TypingEvent(ServerEvent):
     consultation_id: str
     user_id: str
     role: str
+    # The name the person chose (an operator's display name, shown as "Dana is typing…").
+    display_name: str | None = None
     is_typing: bool
 
 
@@ -457,6 +464,7 @@ class JoinAck(Ack):
     messages: list[Message]
     streaming: StreamingPartial | None = None
     online: list[Participant] = Field(default_factory=list)
+    greeting: str | None = None  # the tenant's, when the consultation has no message yet
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {
@@ -467,6 +475,8 @@ class JoinAck(Ack):
         }
         if self.streaming is not None:
             wire["streaming"] = self.streaming.to_wire()
+        if self.greeting is not None:
+            wire["greeting"] = self.greeting
         return wire
 
 
@@ -500,6 +510,10 @@ class QueueAck(Ack):
 
 class TypingAck(Ack):
     pass
+
+
+class CannedRepliesAck(Ack):
+    replies: list[CannedReply]
 
 
 # -- the catalogue -------------------------------------------------------------------------------
@@ -618,6 +632,15 @@ CATALOGUE = Catalogue(
             "operator_queue",
             (),
             "Operators and admins: the tenant's queue, in the order it will be served",
+        ),
+        ClientEvent(
+            "getCannedReplies",
+            GetCannedReplies,
+            CannedRepliesAck,
+            "canned_replies",
+            (),
+            "Operators and admins: the tenant's canned replies ({shortcut, text}), inserted "
+            "with /shortcut",
         ),
         ClientEvent(
             "rateConsultation",

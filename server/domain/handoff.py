@@ -84,6 +84,11 @@ class HandoffSettings:
     open_access: bool = False  # dev auth: any guest may ask for, or close, any consultation
 
 
+PREVIEW_CHARS = 140
+PREVIEW_SCAN = 10  # the first messages read for a preview (a note may precede the question)
+PREVIEWS_KEPT = 10_000
+
+
 class HandoffService:
     def __init__(
         self,
@@ -98,6 +103,7 @@ class HandoffService:
     ) -> None:
         self._metrics = metrics or NoMetrics()
         self._store = store
+        self._previews: dict[str, str] = {}  # room -> the first question
         self._consultations = consultations
         self._replies = replies
         self._rooms = rooms
@@ -284,12 +290,37 @@ class HandoffService:
                 user_id=c.owner_id,
                 user_role=c.owner_role.value,
                 reason=c.reason,
+                preview=await self._first_question(c),
                 page=c.context.page.to_wire() if c.context and c.context.page else None,
                 waiting_since=iso(c.waiting_since or c.created_at),
                 position=n,
             )
             for n, c in enumerate(waiting, start=1)
         ]
+
+    async def _first_question(self, consultation: Consultation) -> str | None:
+        """What the person asked first, for the queue's preview (it never changes: kept)."""
+        key = consultation.key.room
+        if key in self._previews:
+            return self._previews[key]
+        first = next(
+            (
+                m.content
+                for m in await self._store.after(consultation.key, 0, PREVIEW_SCAN)
+                if m.role is Author.USER
+            ),
+            None,
+        )
+        preview = (
+            first
+            if first is None or len(first) <= PREVIEW_CHARS
+            else (first[: PREVIEW_CHARS - 1] + "…")
+        )
+        if preview is not None:
+            if len(self._previews) >= PREVIEWS_KEPT:
+                self._previews.pop(next(iter(self._previews)))
+            self._previews[key] = preview
+        return preview
 
     async def _position(self, consultation: Consultation) -> int:
         waiting = await self._store.find(consultation.tenant_id, mode=Mode.WAITING)

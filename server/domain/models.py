@@ -236,6 +236,24 @@ class Article(Record):
     omit_when_none: ClassVar[frozenset[str]] = frozenset({"url", "tags"})
 
 
+class CannedReply(Record):
+    """A reply an operator inserts with ``/shortcut``."""
+
+    shortcut: str
+    text: str
+
+
+class TenantSettings(Record):
+    """What a tenant's admins configure: the greeting of an empty consultation, the canned
+    replies of its operators."""
+
+    tenant_id: str = Field(exclude=True)
+    greeting: str | None = None
+    canned_replies: list[CannedReply] = Field(default_factory=list)
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"greeting"})
+
+
 class Message(Record):
     id: str
     consultation_id: str

@@ -22,6 +22,7 @@ from .models import (
     Message,
     Mode,
     Role,
+    TenantSettings,
 )
 
 # -- storage -------------------------------------------------------------------------------------
@@ -128,7 +129,17 @@ class KnowledgeStore(Protocol):
         ...
 
 
-class ChatStore(ConsultationStore, MessageStore, Ownership, KnowledgeStore, Protocol):
+class TenantSettingsStore(Protocol):
+    async def tenant_settings(self, tenant_id: str) -> TenantSettings:
+        """The tenant's settings (defaults when it never set any)."""
+        ...
+
+    async def put_tenant_settings(self, settings: TenantSettings) -> TenantSettings: ...
+
+
+class ChatStore(
+    ConsultationStore, MessageStore, Ownership, KnowledgeStore, TenantSettingsStore, Protocol
+):
     """Consultations and their messages."""
 
 

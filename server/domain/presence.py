@@ -142,6 +142,7 @@ class PresenceService:
                 consultation_id=key.consultation_id,
                 user_id=identity.user_id,
                 role=identity.role.value,
+                display_name=identity.name,
                 is_typing=is_typing,
             ),
             skip=connection_id,

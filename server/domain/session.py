@@ -13,10 +13,12 @@ from ..errors import AppError, InternalError, NotJoined, UnknownEvent
 from .events import (
     CATALOGUE,
     AcceptConsultation,
+    CannedRepliesAck,
     CloseConsultation,
     ConsultationAck,
     ErrorAck,
     ErrorEvent,
+    GetCannedReplies,
     GetOperatorQueue,
     JoinAck,
     JoinConsultation,
@@ -39,6 +41,7 @@ from .events import (
 )
 from .models import Consultation, Identity, iso, valid_user_id
 from .ports import EventMetrics, NoMetrics, Rooms
+from .tenants import TenantService
 
 if TYPE_CHECKING:
     from .consultations import ConsultationService, Joined
@@ -77,6 +80,7 @@ class Services:
     connections: ConnectionControl
     metrics: EventMetrics = field(default_factory=NoMetrics)
     log_content: bool = False  # LOG_CONTENT: message text in the logs (never tokens)
+    tenants: TenantService | None = None
 
 
 @dataclass
@@ -151,6 +155,12 @@ class ChatSession:
         )
         return ConsultationAck(consultation=consultation.to_wire())
 
+    async def canned_replies(self, command: GetCannedReplies) -> CannedRepliesAck:
+        if self.services.tenants is None:
+            return CannedRepliesAck(replies=[])
+        settings = await self.services.tenants.for_staff(self.identity)
+        return CannedRepliesAck(replies=settings.canned_replies)
+
     async def operator_queue(self, command: GetOperatorQueue) -> QueueAck:
         return QueueAck(items=await self.services.handoff.queue(self.identity))
 
@@ -177,7 +187,11 @@ class ChatSession:
             self.identity, self.connection_id, consultation.key
         )
         streaming = joined.streaming
+        greeting = None
+        if not joined.messages and self.services.tenants is not None:
+            greeting = (await self.services.tenants.settings(self.identity.tenant_id)).greeting
         return JoinAck(
+            greeting=greeting,
             consultation=consultation.to_wire(),
             messages=joined.messages,
             streaming=(

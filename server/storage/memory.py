@@ -16,6 +16,7 @@ from ..domain.models import (
     Message,
     Mode,
     Role,
+    TenantSettings,
     sorted_consultations,
 )
 from ..domain.ports import (
@@ -36,6 +37,7 @@ class MemoryStore:
         self._by_id: dict[str, Message] = {}
         self._articles: dict[tuple[str, str], Article] = {}
         self._revisions: dict[str, int] = {}
+        self._settings: dict[str, TenantSettings] = {}
 
     async def start(self) -> None:
         return None
@@ -111,6 +113,13 @@ class MemoryStore:
                     if message.client_message_id is not None:
                         self._by_client_id[(key, message.client_message_id)] = log[index]
         return moved
+
+    async def tenant_settings(self, tenant_id: str) -> TenantSettings:
+        return self._settings.get(tenant_id) or TenantSettings(tenant_id=tenant_id)
+
+    async def put_tenant_settings(self, settings: TenantSettings) -> TenantSettings:
+        self._settings[settings.tenant_id] = settings
+        return settings
 
     async def put_article(self, article: Article) -> Article:
         self._articles[(article.tenant_id, article.id)] = article

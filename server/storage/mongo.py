@@ -30,6 +30,7 @@ from ..domain.models import (
     Mode,
     Record,
     Role,
+    TenantSettings,
     sorted_consultations,
 )
 from ..domain.ports import (
@@ -68,6 +69,7 @@ class MongoStore:
         self._messages = db["messages"]
         self._articles = db["knowledge"]
         self._revisions = db["knowledge_revisions"]
+        self._tenants = db["tenant_settings"]
 
     async def start(self) -> None:
         """Create the indexes; :class:`StorageUnavailable` with a one-line reason when the
@@ -325,6 +327,19 @@ class MongoStore:
                 {"tenantId": tenant_id, "consultationId": {"$in": ids}}
             ).to_list()
         return [_consultation(doc) for doc in moved]
+
+    async def tenant_settings(self, tenant_id: str) -> TenantSettings:
+        async with _translated("read tenant settings"):
+            doc = await self._tenants.find_one({"_id": tenant_id})
+        if doc is None:
+            return TenantSettings(tenant_id=tenant_id)
+        return TenantSettings.model_validate({**doc, "tenant_id": tenant_id})
+
+    async def put_tenant_settings(self, settings: TenantSettings) -> TenantSettings:
+        doc = {"_id": settings.tenant_id, **settings.model_dump(by_alias=True)}
+        async with _translated("store tenant settings"):
+            await self._tenants.replace_one({"_id": settings.tenant_id}, doc, upsert=True)
+        return settings
 
     # -- the knowledge base: _id is "<tenant>/<article id>" (ids are the tenant's own) --------
 

@@ -13,6 +13,7 @@ import pytest
 from server.domain.models import (
     Article,
     Author,
+    CannedReply,
     ConsultationKey,
     Message,
     MessageStatus,
@@ -22,6 +23,7 @@ from server.domain.models import (
     PageRef,
     Role,
     Source,
+    TenantSettings,
     utcnow,
 )
 from server.domain.ports import OneOf, Store
@@ -406,3 +408,15 @@ async def test_stats_count_cited_sources_popular_questions_and_unsourced_replies
     assert stats.top_sources == [("bled", "Lake Bled", 2), ("refunds", "Refunds", 1)]
     assert stats.top_questions == [("when does the bled tour leave", 2), ("refunds", 1)]
     assert stats.unanswered == 1
+
+
+async def test_tenant_settings_are_kept_per_tenant(store: Store) -> None:
+    assert await store.tenant_settings("t1") == TenantSettings(tenant_id="t1")
+    settings = TenantSettings(
+        tenant_id="t1",
+        greeting="Welcome!",
+        canned_replies=[CannedReply(shortcut="hi", text="Hello there")],
+    )
+    await store.put_tenant_settings(settings)
+    assert await store.tenant_settings("t1") == settings
+    assert (await store.tenant_settings("t2")).canned_replies == []

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from server.domain.models import ConsultationKey, TenantSettings
 from tests.conftest import StartServer
 
 JS = Path(__file__).resolve().parent.parent / "js"
@@ -58,10 +59,16 @@ async def test_the_pages_chat_stream_stop_reload_and_hand_off_in_chromium(
 ) -> None:
     # Slow tokens, so that the reply is seen streaming and Stop lands mid-reply.
     server = await start_server(ai_models=("slow-40",), socketio_client_bundle=str(BUNDLE))
+    # The tenant's greeting (its admins set it over REST; here straight into the store).
+    await server.components.store.put_tenant_settings(
+        TenantSettings(tenant_id="default", greeting="Welcome to the clinic's chat!")
+    )
     fallback = await start_server(socketio_client_url=CDN, socketio_client_bundle=str(BUNDLE))
     seen = await run_browser(server.url, fallback.url, tmp_path)
 
     assert seen["pageErrors"] == []
+    assert seen["greeting"] == "Welcome to the clinic's chat!"
+    assert "nativeDialogs" not in seen  # in-page dialogs only: no prompt() or confirm()
     # Every page ran under its Content-Security-Policy and broke none of it.
     assert set(seen["csp"]) == {"/", "/operator"} and all(seen["csp"].values()), seen["csp"]
     assert seen["cspViolations"] == []
@@ -79,7 +86,9 @@ async def test_the_pages_chat_stream_stop_reload_and_hand_off_in_chromium(
     assert seqs == sorted(seqs) and len(seqs) == 4
     # Handoff: the console showed the request, took it over with the history, saw the user
     # typing; the user's page got the operator's message.
+    # Cancel asked nothing: one request, with the reason typed the second time.
     assert "I want a person" in seen["queueItem"] and "#1" in seen["queueItem"]
+    assert "typed, then cancelled" not in seen["queueItem"]
     assert seen["operatorHistory"] >= 4
     assert seen["userId"] in seen["operatorIndicator"]
     assert "Dana (support)" in seen["operatorBubble"]
@@ -100,6 +109,12 @@ async def test_the_pages_chat_stream_stop_reload_and_hand_off_in_chromium(
         ("op-dana", "Dana", "Hello, I am Dana from support.")
     ]
     assert stored[-1]["role"] == "system"  # "… handed the consultation back to the assistant"
+
+    # Handed back, the page asked for a rating: stored with the consultation.
+    key = ConsultationKey("default", seen["consultationId"])
+    consultation = await server.components.store.get(key)
+    assert consultation is not None and consultation.rating is not None
+    assert (consultation.rating.score, consultation.rating.comment) == (4, "Dana was great")
 
     # With the CDN named first and unreachable, the page fell back to the local bundle.
     assert seen["fallbackStatus"] == "Connected"

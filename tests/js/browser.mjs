@@ -39,6 +39,7 @@ const bubbles = (page) => page.$$eval("#log .msg[data-id]", (nodes) =>
 try {
   step("load");
   const page = await open(base + "/");
+  seen.greeting = await page.locator("#log .msg.system").first().textContent();
   const consoleLines = [];
   page.on("console", (message) => consoleLines.push(message.text()));
 
@@ -92,13 +93,16 @@ try {
   step("cancel");
   // Cancel on the dialog sends nothing: had it asked, the queued request below would carry
   // no reason (a consultation waits once), and the console shows the reason.
-  const dismissed = new Promise((resolve) => page.once("dialog", (dialog) => dialog.dismiss().then(resolve)));
+  page.on("dialog", (dialog) => { seen.nativeDialogs = (seen.nativeDialogs || 0) + 1; dialog.dismiss(); });
   await page.click("#human");
-  await dismissed;
+  await page.fill("#human-reason", "typed, then cancelled");
+  await page.click("#human-cancel");
+  await page.waitForSelector("#human-dialog", { state: "hidden" });
 
   step("request");
-  page.once("dialog", (dialog) => dialog.accept("I want a person"));
   await page.click("#human");
+  await page.fill("#human-reason", "I want a person");
+  await page.click("#human-confirm");
   await page.waitForSelector("#banner >> text=/Waiting for a human operator/");
   const queued = console_.locator("#queue .item.queued", { hasText: seen.consultationId });
   await queued.waitFor();
@@ -135,6 +139,14 @@ try {
   await console_.click("#release");
   await page.waitForSelector("#mode >> text=assistant");
   seen.finalLog = await bubbles(page);
+
+  step("rating");
+  // Handed back: the page asks for a rating, stored with the consultation.
+  await page.waitForSelector("#rating:not([hidden])");
+  await page.click("#stars [role=radio]:nth-child(4)");
+  await page.fill("#rating-comment", "Dana was great");
+  await page.click("#rating-send");
+  await page.waitForSelector(".msg.system >> text=Thank you for your rating.");
   await page.screenshot({ path: shots + "/chat.png", fullPage: true });
   await console_.screenshot({ path: shots + "/operator.png", fullPage: true });
 

@@ -12,10 +12,19 @@
   $("token").value = localStorage.getItem("consultation.token") || "";
 
   let socket = null, room = null, me = userId, streaming = false, typingSent = 0; // me: who I am
+  let greeted = false, rated = false, mode = "ai", score = 0;
   const log = new Chat.Log($("log"), () => me);
   const others = new Map(); // who is typing
 
-  function setMode(mode, operator, position) {
+  function setMode(next, operator, position) {
+    const was = mode;
+    mode = next;
+    // The end of a conversation with a person, or of the consultation: ask for a rating.
+    if (!rated && (next === "closed" || (was === "operator" && next === "ai"))) $("rating").hidden = false;
+    showMode(next, operator, position);
+  }
+
+  function showMode(mode, operator, position) {
     const labels = { ai: "assistant", waiting: "waiting for a human", operator: "with " + (operator ? operator.name : "an operator"), closed: "closed" };
     $("mode").textContent = labels[mode] || mode;
     $("mode").className = "pill " + (mode === "operator" ? "ok" : mode === "waiting" ? "warn" : mode === "closed" ? "bad" : "");
@@ -36,6 +45,9 @@
     if (room) room.close();
     if (socket) socket.disconnect();
     log.clear();
+    greeted = rated = false;
+    mode = "ai";
+    $("rating").hidden = true;
     $("consultation-label").textContent = consultationId;
     const token = $("token").value.trim();
     me = token ? Chat.tokenSubject(token) || userId : userId;
@@ -43,8 +55,13 @@
     room = new Chat.Room(socket, consultationId, log, {
       onJoined: (ack) => {
         const c = ack.consultation;
+        if (c.rating) rated = true;
         setMode(c.mode, c.operator);
         streaming = Boolean(ack.streaming); $("stop").hidden = !streaming; showIndicator();
+        if (!log.byId.size && !greeted) { // an empty consultation opens with the tenant's greeting
+          greeted = true;
+          log.notice(ack.greeting || "Hello! Ask your question below: the assistant answers right away, and a person from our team can join.");
+        }
       },
       onError: (error) => log.notice("Could not join: " + error.message),
     });
@@ -54,7 +71,8 @@
     socket.on("operatorJoined", (j) => j.consultationId === consultationId && setMode("operator", j.operator));
     socket.on("typing", (t) => {
       if (t.consultationId !== consultationId) return;
-      if (t.isTyping) others.set(t.userId, t.role === "user" ? t.userId : t.userId + " (support)"); else others.delete(t.userId);
+      const name = t.displayName || t.userId;
+      if (t.isTyping) others.set(t.userId, t.role === "user" ? name : name + " (support)"); else others.delete(t.userId);
       showIndicator();
     });
     socket.on("error", (e) => log.notice("Error (" + e.code + "): " + e.message));
@@ -77,13 +95,46 @@
     Chat.call(socket, "typing", { consultationId, isTyping: true });
   };
   $("stop").onclick = () => socket && Chat.call(socket, "stopGeneration", { consultationId });
-  $("human").onclick = async () => {
-    const answer = prompt("Why do you need a human? (optional)");
-    if (answer === null) return; // Cancel: nothing is asked
-    const reason = answer.trim() || undefined;
+  // "Talk to a human": an in-page question; Cancel asks nothing.
+  $("human").onclick = () => { $("human-dialog").hidden = false; $("human-reason").focus(); };
+  $("human-cancel").onclick = () => { $("human-dialog").hidden = true; $("human").focus(); };
+  $("human-reason").onkeydown = (e) => {
+    if (e.key === "Enter") { e.preventDefault(); $("human-confirm").click(); }
+    if (e.key === "Escape") { e.preventDefault(); $("human-cancel").click(); }
+  };
+  $("human-confirm").onclick = async () => {
+    const reason = $("human-reason").value.trim() || undefined;
+    $("human-dialog").hidden = true;
+    $("human-reason").value = "";
     const ack = await Chat.call(socket, "requestOperator", { consultationId, reason });
     if (ack.ok) setMode("waiting", null, ack.queuePosition); else log.notice("Could not ask: " + ack.error.message);
   };
+
+  // The rating: 1-5 stars and a comment, stored with the consultation.
+  const stars = [1, 2, 3, 4, 5].map((n) => {
+    const star = Chat.el("button", "", "☆");
+    star.type = "button";
+    star.setAttribute("role", "radio");
+    star.setAttribute("aria-checked", "false");
+    star.setAttribute("aria-label", n + " of 5");
+    star.onclick = () => {
+      score = n;
+      stars.forEach((s, i) => { s.textContent = i < n ? "★" : "☆"; s.setAttribute("aria-checked", String(i + 1 === n)); });
+      $("rating-send").disabled = false;
+    };
+    $("stars").appendChild(star);
+    return star;
+  });
+  $("rating").onsubmit = async (e) => {
+    e.preventDefault();
+    const comment = $("rating-comment").value.trim() || undefined;
+    const ack = await Chat.call(socket, "rateConsultation", { consultationId, score, comment });
+    if (!ack.ok) { log.notice("Could not rate: " + ack.error.message); return; }
+    rated = true;
+    $("rating").hidden = true;
+    log.notice("Thank you for your rating.");
+  };
+  $("new-top").onclick = () => { $("consultation").value = newId(); $("apply").onclick(); };
   $("apply").onclick = () => {
     consultationId = $("consultation").value.trim() || consultationId;
     localStorage.setItem("consultation.id", consultationId);

@@ -70,6 +70,7 @@ async def test_the_console_and_the_chat_page_fit_and_keep_one_conversation(
     # Nothing sticks out, at either size, typing included.
     assert seen["overflow"] == {
         "consoleDesktopTyping": [],
+        "consoleFullHd": [],
         "consolePhone": [],
         "chat-desktop": [],
         "chat-mobile": [],

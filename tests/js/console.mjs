@@ -87,6 +87,10 @@ try {
   await console_.keyboard.press("Escape");
   seen.visibleAfterEscape = await console_.evaluate(() => [...document.querySelectorAll("#logs .log")].filter((n) => !n.hidden).length);
 
+  step("console full hd");
+  const wide = await open(base + "/operator", { width: 1920, height: 1080 });
+  seen.overflow.consoleFullHd = await overflow(wide, ["header", "#content", "#send"]);
+
   step("console phone");
   const phone = await open(base + "/operator", { width: 390, height: 844 });
   seen.overflow.consolePhone = await overflow(phone, ["header", "#content", "#send"]);

@@ -117,11 +117,17 @@ class ConsultationService:
     async def _remember(
         self, identity: Identity, consultation: Consultation, context: PageContext | None
     ) -> Consultation:
-        """Keep the owner's latest page context on the consultation (written only when it
-        changed: not a write per message). Staff do not speak for the customer's page."""
-        if context is None or context == consultation.context or identity.is_staff:
+        """Keep the owner's name and latest page context on the consultation (written only
+        when they changed: not a write per message). Staff do not speak for the customer."""
+        changes: dict[str, object] = {}
+        if context is not None and context != consultation.context and not identity.is_staff:
+            changes["context"] = context
+        owner = identity.user_id == consultation.owner_id
+        if owner and identity.name and identity.name != consultation.owner_name:
+            changes["owner_name"] = identity.name
+        if not changes:
             return consultation
-        updated = await self._store.update(consultation.key, {"context": context})
+        updated = await self._store.update(consultation.key, changes)
         return updated or consultation
 
     async def _head(self, key: ConsultationKey) -> int:

@@ -375,6 +375,7 @@ class SupportPending(ServerEvent):
 class QueueItem(Wire):
     consultation_id: str
     user_id: str
+    user_name: str | None = None  # the name the customer's token gives
     user_role: str  # "visitor" for an anonymous visitor from the website widget
     reason: str | None = None
     preview: str | None = None  # the first question, cut to 140 characters

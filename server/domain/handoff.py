@@ -288,6 +288,7 @@ class HandoffService:
             QueueItem(
                 consultation_id=c.consultation_id,
                 user_id=c.owner_id,
+                user_name=c.owner_name,
                 user_role=c.owner_role.value,
                 reason=c.reason,
                 preview=await self._first_question(c),

@@ -339,6 +339,7 @@ class Consultation(Record):
     owner_id: str
     created_at: Timestamp
     owner_role: Role = Role.USER  # a visitor's until it signs in
+    owner_name: str | None = None  # the name the owner's token gives (shown to operators)
     mode: Mode = Mode.AI
     operator: OperatorRef | None = None
     waiting_since: Timestamp | None = None
@@ -349,7 +350,7 @@ class Consultation(Record):
     context: PageContext | None = None  # the latest the client gave (joins, sends)
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"operator", "waiting_since", "reason", "rating", "context"}
+        {"operator", "waiting_since", "reason", "rating", "context", "owner_name"}
     )
 
     def queue_order(self) -> tuple[int, datetime, datetime]:

@@ -125,3 +125,21 @@ async def http(method: str, url: str, token: str, body: Any = None) -> tuple[int
         session.request(method, url, json=body, headers=headers) as response,
     ):
         return response.status, await response.json()
+
+
+async def test_operators_see_the_customers_name_from_their_token(
+    start_server: StartServer, connect: Connect
+) -> None:
+    server = await start_server(jwt_secret=JWT_SECRET)
+    user = await connect(server.url, token=make_token("u-anna", tenant="t1", name="Anna K."))
+    joined = await user.join("named")
+    assert joined["consultation"]["ownerName"] == "Anna K."
+    await user.send("named", "I lost my booking number")
+    assert (await user.call("requestOperator", {"consultationId": "named"}))["ok"]
+    operator = await connect(server.url, token=make_token("op", tenant="t1", role="operator"))
+    [item] = (await operator.call("getOperatorQueue", {}))["items"]
+    assert (item["userId"], item["userName"], item["preview"]) == (
+        "u-anna",
+        "Anna K.",
+        "I lost my booking number",
+    )

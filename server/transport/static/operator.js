@@ -87,7 +87,7 @@
       const node = el("div", "item queued");
       node.dataset.id = item.consultationId;
       const top = el("div", "top");
-      top.append(el("strong", "", "#" + item.position + " " + item.userId), el("span", "sub waited", ago(item.waitingSince)));
+      top.append(el("strong", "", "#" + item.position + " " + (item.userName || item.userId)), el("span", "sub waited", ago(item.waitingSince)));
       node.append(top, who(item.userRole, item.page));
       if (item.preview) node.appendChild(el("div", "preview", "“" + item.preview + "”"));
       node.appendChild(el("div", "sub", item.consultationId + (item.reason ? " — " + item.reason : "")));
@@ -109,7 +109,7 @@
       node.dataset.id = id;
       node.tabIndex = 0;
       const top = el("div", "top");
-      top.append(el("strong", "", entry.consultation.ownerId || id), el("span", "pill", label(entry.consultation.mode)));
+      top.append(el("strong", "", entry.consultation.ownerName || entry.consultation.ownerId || id), el("span", "pill", label(entry.consultation.mode)));
       if (entry.unread) top.appendChild(el("span", "pill unread", String(entry.unread)));
       const context = entry.consultation.context || {};
       node.append(top, who(entry.consultation.ownerRole, context.page), el("div", "sub", id));
@@ -132,8 +132,9 @@
     if (entry) entry.unread = 0;
     const c = entry ? entry.consultation : null;
     const open = Boolean(c) && c.mode === "operator";
-    $("chat-title").textContent = c ? (c.ownerId || "") : "No consultation selected";
+    $("chat-title").textContent = c ? (c.ownerName || c.ownerId || "") : "No consultation selected";
     $("chat-details").textContent = c ? [
+      c.ownerName ? c.ownerId : null,
       c.ownerRole === "visitor" ? "visitor" : c.ownerRole || "user",
       c.id,
       c.rating ? "rated " + "★".repeat(c.rating.score) + (c.rating.comment ? " “" + c.rating.comment + "”" : "") : null,

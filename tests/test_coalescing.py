@@ -14,9 +14,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.ai.retrieval import Bm25Ranker
 from server.coordination import in_memory
 from server.domain.events import ServerEvent
-from server.domain.models import Author, ConsultationKey, Message
+from server.domain.knowledge import KnowledgeService
+from server.domain.models import Article, Author, ConsultationKey, Message, Source, utcnow
 from server.domain.ports import Delta, ReplyDraft, ReplyRequest
 from server.domain.replies import ReplyCoordination, ReplyService, ReplySettings
 from server.storage.memory import MemoryStore
@@ -168,3 +170,59 @@ async def test_a_reply_stored_by_an_instance_that_died_before_publishing_it_reac
     assert (published["id"], published["seq"]) == (reply.message.id, reply.message.seq)
     assert [event for _, event, _ in rooms.events] == ["aiMessage", "aiThinking"]
     assert await coordination.buffer.read(key.room) is None
+
+
+async def test_a_reply_taken_over_is_grounded_and_named_as_its_start_was() -> None:
+    # A dead instance streamed "The tour leaves" of an answer grounded in an article. The
+    # instance that takes it over asks the model with the same passages, and the stored reply
+    # names them.
+    key = ConsultationKey("tenant", "grounded-takeover")
+    store, coordination, rooms = MemoryStore(), in_memory(), RecordingRooms()
+    await store.put_article(
+        Article(
+            id="bled",
+            tenant_id="tenant",
+            title="Lake Bled tour",
+            content="The Lake Bled tour leaves every Monday at 9:00.",
+            updated_at=utcnow(),
+        )
+    )
+    question = await store.append(Message.new(key, Author.USER, "When does the Bled tour leave?"))
+    started = ReplyDraft("orphan", owner="dead", request_seq=question.message.seq)
+    await coordination.buffer.start(key.room, started, 60)
+    await coordination.buffer.append(key.room, "orphan", "dead", "The tour leaves ", 60)
+    await coordination.inflight.touch(key.room, 0)
+    requests: list[ReplyRequest] = []
+
+    class Recording(ScriptedAssistant):
+        async def stream(self, request: ReplyRequest) -> AsyncIterator[Delta]:
+            requests.append(request)
+            async for delta in super().stream(request):
+                yield delta
+
+    parts = ReplyCoordination(
+        coordination.locks,
+        coordination.queue,
+        coordination.buffer,
+        coordination.stops,
+        coordination.inflight,
+    )
+    service = ReplyService(
+        store,
+        Recording([(0.0, "on Mondays [1].")]),
+        rooms,
+        parts,
+        ReplySettings(system_prompt="test", lock_ttl_seconds=0.6),
+        knowledge=KnowledgeService(store, Bm25Ranker()),
+    )
+    service.start()
+    try:
+        await asyncio.wait_for(rooms.done.wait(), timeout=10)
+    finally:
+        await service.stop_reaper()
+    [request] = requests
+    assert request.continue_from == "The tour leaves "
+    assert any("<knowledge>" in turn.content for turn in request.turns)
+    [stored] = [m for m in await store.recent(key, 10) if m.role is Author.ASSISTANT]
+    assert stored.content == "The tour leaves on Mondays [1]."
+    assert stored.sources == [Source(id="bled", title="Lake Bled tour", cited=True)]

@@ -517,18 +517,28 @@ class ReplyService:
         await self._resend(draft)
         lost = False
         try:
-            if not self._settings.resume:
-                await self._finish(draft, stopped=False, failure=ReplyInterrupted(), lock=lock)
-                return
             history = await self._store.after(
                 key,
                 max(0, partial.request_seq - self._settings.context_messages),
                 self._settings.context_messages,
             )
+            answered = [m for m in history if m.seq <= partial.request_seq]
+            # The same question against the same knowledge base gives the same passages: the
+            # continuation is grounded as the start was, and the stored reply names them.
+            consultation = await self._consultations.get(key)
+            context = consultation.context if consultation is not None else None
+            draft.passages = await self._passages(key, answered, context)
+            if not self._settings.resume:
+                await self._finish(draft, stopped=False, failure=ReplyInterrupted(), lock=lock)
+                return
+            turns = with_page_context(dialogue(answered), context)
+            if draft.passages:
+                turns = [Turn(Author.SYSTEM, knowledge_note(draft.passages)), *turns]
             request = ReplyRequest(
                 system_prompt=self._settings.system_prompt,
-                turns=dialogue([m for m in history if m.seq <= partial.request_seq]),
+                turns=turns,
                 continue_from=partial.content,
+                knowledge=draft.passages,
             )
             await self._stream(draft, request, lock)
         except _Lost:

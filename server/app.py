@@ -22,10 +22,11 @@ from typing import Any
 import socketio
 from aiohttp import web
 
+from .ai.embeddings import OpenAIEmbedder
 from .ai.fallback import FallbackAssistant
 from .ai.offline import OfflineAssistant
 from .ai.openai_provider import OpenAIModel, make_client
-from .ai.retrieval import Bm25Ranker
+from .ai.retrieval import Bm25Ranker, UnitVectorIndexer
 from .broker import Broker
 from .broker.memory import MemoryBroker
 from .broker.redis import RedisBroker
@@ -259,11 +260,7 @@ def build(
         max_message_bytes=settings.max_http_buffer_size,
         stats=outbox_stats,
     )
-    knowledge = KnowledgeService(
-        store,
-        Bm25Ranker(),
-        KnowledgeSettings(top_k=settings.knowledge_top_k, max_chars=settings.knowledge_max_chars),
-    )
+    knowledge, embedder = _knowledge(settings, store)
     replies = ReplyService(
         store,
         assistant,
@@ -421,7 +418,7 @@ def build(
     components.resources.append(Resource("handoff", start_handoff, handoff.stop))
 
     components.resources.append(Resource("replies", start_replies, replies.stop_reaper))
-    components.resources.append(Resource("assistant", _nothing, assistant.close))
+    components.resources += _model_clients(assistant, embedder)
     return components
 
 
@@ -652,6 +649,10 @@ def describe_mode(settings: Settings) -> list[tuple[int, str]]:
         chain = ", ".join(settings.ai_models)
         where = settings.openai_base_url or "the OpenAI API"
         lines.append((logging.INFO, f"assistant: {where}, models {chain}"))
+        if settings.embeddings_model:
+            lines.append(
+                (logging.INFO, f"knowledge: BM25 and embeddings ({settings.embeddings_model})")
+            )
     else:
         lines.append(
             (logging.WARNING, "assistant: OFFLINE (OPENAI_API_KEY not set): canned replies")
@@ -822,6 +823,35 @@ def _live_figures(parts: Components) -> Live:
             ),
         },
     )
+
+
+def _knowledge(settings: Settings, store: Store) -> tuple[KnowledgeService, OpenAIEmbedder | None]:
+    embedder = _embedder(settings)
+    service = KnowledgeService(
+        store,
+        Bm25Ranker(),
+        KnowledgeSettings(top_k=settings.knowledge_top_k, max_chars=settings.knowledge_max_chars),
+        embedder=embedder,
+        vector_indexer=UnitVectorIndexer() if embedder is not None else None,
+    )
+    return service, embedder
+
+
+def _model_clients(assistant: Assistant, embedder: OpenAIEmbedder | None) -> list[Resource]:
+    """The model API clients, closed at shutdown."""
+    clients = [Resource("assistant", _nothing, assistant.close)]
+    if embedder is not None:
+        clients.append(Resource("embeddings", _nothing, embedder.close))
+    return clients
+
+
+def _embedder(settings: Settings) -> OpenAIEmbedder | None:
+    if not settings.embeddings_model or not settings.openai_api_key:
+        return None
+    client = make_client(
+        settings.openai_api_key, settings.openai_base_url, settings.ai_timeout_seconds
+    )
+    return OpenAIEmbedder(client, settings.embeddings_model)
 
 
 def _assistant(settings: Settings, metrics: ReplyMetrics) -> Assistant:

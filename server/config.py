@@ -192,6 +192,9 @@ class Settings(BaseSettings):
     # The knowledge base: passages given to the model per question, and an article's size.
     knowledge_top_k: Count = 3
     knowledge_max_chars: Count = 200_000
+    # An embeddings model of the OpenAI-compatible API (OPENAI_API_KEY, OPENAI_BASE_URL): its
+    # similarities are blended with BM25, so a question finds passages in other words.
+    embeddings_model: str | None = None
     admin_ui_username: str | None = None
     admin_ui_password: str | None = Field(default=None, repr=False)
 

@@ -93,6 +93,7 @@ def _reset_fake(request: pytest.FixtureRequest) -> None:
     if "fake_openai" in request.fixturenames:
         fake: FakeOpenAI = request.getfixturevalue("fake_openai")
         fake.requests.clear()
+        fake.embedding_requests.clear()
         fake.token_delay = 0.0
 
 

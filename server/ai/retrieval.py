@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import bm25s
+import numpy as np
 
-from ..domain.knowledge import Index, Ranked
+from ..domain.knowledge import Index, Ranked, Vectors
 from ..domain.ports import Passage
 
 
@@ -38,3 +39,22 @@ class Bm25Index:
 class Bm25Ranker:
     def build(self, passages: Sequence[Passage]) -> Index:
         return Bm25Index(passages)
+
+
+class UnitVectors:
+    """Embeddings as one normalized matrix: a question's similarities are one product."""
+
+    def __init__(self, vectors: list[list[float]]) -> None:
+        matrix = np.asarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+        self._matrix = matrix / np.where(norms == 0, 1, norms)
+
+    def similarities(self, query: list[float]) -> list[float]:
+        vector = np.asarray(query, dtype=np.float32)
+        norm = float(np.linalg.norm(vector)) or 1.0
+        return [float(x) for x in self._matrix @ (vector / norm)]
+
+
+class UnitVectorIndexer:
+    def build(self, vectors: list[list[float]]) -> Vectors:
+        return UnitVectors(vectors)

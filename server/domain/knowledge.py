@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..errors import Forbidden, InvalidPayload, NotFound, PayloadTooLarge
+from ..errors import AppError, Forbidden, InvalidPayload, NotFound, PayloadTooLarge
 from .models import Article, Identity, PageContext, Role, Source, utcnow
 from .ports import KnowledgeStore, Passage
+
+log = logging.getLogger(__name__)
 
 PASSAGE_CHARS = 900  # a passage: a section of an article, or a part of a long one
 ARTICLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -40,6 +43,24 @@ class Index(Protocol):
 
 class Ranker(Protocol):
     def build(self, passages: Sequence[Passage]) -> Index: ...
+
+
+class Embedder(Protocol):
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        """One vector per text, in order (raises AppError when the endpoint fails)."""
+        ...
+
+
+class Vectors(Protocol):
+    """The passages' embeddings, kept beside their index (``ai/retrieval.py``)."""
+
+    def similarities(self, query: list[float]) -> list[float]:
+        """The cosine similarity of ``query`` to each passage, in passage order."""
+        ...
+
+
+class VectorIndexer(Protocol):
+    def build(self, vectors: list[list[float]]) -> Vectors: ...
 
 
 def passages_of(article: Article) -> list[Passage]:
@@ -106,12 +127,16 @@ class KnowledgeSettings:
     top_k: int = 3
     max_chars: int = 200_000
     relative_floor: float = 0.3  # a passage must score at least this share of the best
+    # With embeddings: a passage no word of the question matches needs this similarity.
+    semantic_floor: float = 0.35
 
 
 @dataclass
 class _TenantIndex:
     revision: int
     index: Index
+    passages: list[Passage] = field(default_factory=list)
+    vectors: Vectors | None = None  # unit vectors, one per passage (embeddings)
 
 
 class KnowledgeService:
@@ -122,9 +147,13 @@ class KnowledgeService:
         settings: KnowledgeSettings | None = None,
         *,
         open_access: bool = False,
+        embedder: Embedder | None = None,
+        vector_indexer: VectorIndexer | None = None,
     ) -> None:
         self._store = store
         self._ranker = ranker
+        self._embedder = embedder
+        self._vector_indexer = vector_indexer
         self.settings = settings or KnowledgeSettings()
         self._open_access = open_access
         self._indexes: dict[str, _TenantIndex] = {}
@@ -221,13 +250,13 @@ class KnowledgeService:
     ) -> list[Passage]:
         """The best passages for the question (one per article, at most ``top_k``), the page
         context as a hint; none when the tenant has no article that matches."""
-        index = await self._index(tenant_id)
-        if index is None or not question.strip():
+        tenant = await self._index(tenant_id)
+        if tenant is None or not question.strip():
             return []
         query = question
         if context is not None and context.page is not None and context.page.title:
             query = f"{question} {context.page.title}"
-        ranked = index.search(query, self.settings.top_k * 4)
+        ranked = await self._ranked(tenant, query)
         if not ranked:
             return []
         floor = ranked[0].score * self.settings.relative_floor
@@ -242,20 +271,55 @@ class KnowledgeService:
                 break
         return chosen
 
-    async def _index(self, tenant_id: str) -> Index | None:
+    async def _ranked(self, tenant: _TenantIndex, query: str) -> list[Ranked]:
+        """BM25, blended half and half with the embeddings' cosine similarity when there are
+        embeddings (each normalized to the best): a passage that shares no word with the
+        question ("cost" for "price") is found when its meaning is close enough."""
+        lexical = tenant.index.search(query, len(tenant.passages) or 1)
+        if tenant.vectors is None or self._embedder is None:
+            return lexical
+        try:
+            [vector] = await self._embedder.embed([query])
+        except AppError as exc:
+            log.warning("no embedding for a question (BM25 alone): %s", exc.message)
+            return lexical
+        similarities = tenant.vectors.similarities(vector)
+        best = max((hit.score for hit in lexical), default=0.0) or 1.0
+        bm25 = {id(hit.passage): hit.score / best for hit in lexical}
+        blended: list[Ranked] = []
+        for passage, cosine in zip(tenant.passages, similarities, strict=True):
+            similarity = max(0.0, cosine)
+            lexical_score = bm25.get(id(passage), 0.0)
+            if lexical_score == 0 and similarity < self.settings.semantic_floor:
+                continue
+            blended.append(Ranked(passage, 0.5 * lexical_score + 0.5 * similarity))
+        return sorted(blended, key=lambda hit: hit.score, reverse=True)
+
+    async def _index(self, tenant_id: str) -> _TenantIndex | None:
         revision = await self._store.knowledge_revision(tenant_id)
         if revision == 0:
             return None
         current = self._indexes.get(tenant_id)
         if current is not None and current.revision == revision:
-            return current.index
+            return current
         lock = self._building.setdefault(tenant_id, asyncio.Lock())
         async with lock:  # one rebuild per change, however many questions wait for it
             current = self._indexes.get(tenant_id)
             if current is not None and current.revision == revision:
-                return current.index
+                return current
             articles = await self._store.articles(tenant_id)
             passages = [p for a in articles for p in passages_of(a)]
             index = await asyncio.to_thread(self._ranker.build, passages)
-            self._indexes[tenant_id] = _TenantIndex(revision, index)
-            return index
+            built = _TenantIndex(revision, index, passages, await self._vectors(passages))
+            self._indexes[tenant_id] = built
+            return built
+
+    async def _vectors(self, passages: list[Passage]) -> Vectors | None:
+        if self._embedder is None or self._vector_indexer is None or not passages:
+            return None
+        try:
+            vectors = await self._embedder.embed([f"{p.title}\n{p.text}" for p in passages])
+        except AppError as exc:
+            log.warning("no embeddings for the knowledge base (BM25 alone): %s", exc.message)
+            return None
+        return self._vector_indexer.build(vectors)

@@ -282,3 +282,28 @@ def test_the_knowledge_command_needs_mongodb(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode == 2 and "MONGODB_URL" in result.stderr
+
+
+async def test_with_embeddings_a_question_in_other_words_finds_its_article(
+    start_server: StartServer, connect: Connect, fake_openai: FakeOpenAI
+) -> None:
+    price = {"id": "price", "title": "Lake Bled tour", "content": "The price is 65 euros."}
+    plain = await start_server(jwt_secret=JWT_SECRET)
+    await add(plain, ADMIN_1, price)
+    user = await connect(plain.url, token=make_token("u1", tenant="t1"), join="q")
+    _, reply = await user.ask("q", "What does it cost?")
+    assert "sources" not in reply  # BM25 alone: no word in common
+    assert fake_openai.embedding_requests == []
+
+    blended = await start_server(jwt_secret=JWT_SECRET, embeddings_model="embed-small")
+    await add(blended, ADMIN_1, price)
+    user = await connect(blended.url, token=make_token("u1", tenant="t1"), join="q")
+    _, reply = await user.ask("q", "What does it cost?")
+    assert [s["id"] for s in reply["sources"]] == ["price"]
+    prompt = "\n".join(m["content"] for m in fake_openai.requests[-1]["messages"])
+    assert "65 euros" in prompt
+    # The passages were embedded once (at the index build), then each question.
+    inputs = [r["input"] for r in fake_openai.embedding_requests]
+    assert inputs[0] == ["Lake Bled tour\nThe price is 65 euros."]
+    assert inputs[1] == ["What does it cost?"]
+    assert {r["model"] for r in fake_openai.embedding_requests} == {"embed-small"}

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import re
 import time
@@ -40,6 +41,20 @@ def reply_for(messages: list[dict[str, Any]]) -> str:
     return f"Echo: {last_user} (context {len(messages)} messages)"
 
 
+SYNONYMS = {"cost": "price", "costs": "price", "fee": "price", "expensive": "price"}
+STOP = {"the", "a", "an", "is", "of", "how", "much", "does", "it", "do", "what", "to", "in"}
+
+
+def embed(text: str) -> list[float]:
+    vector = [0.0] * 64
+    for word in re.findall(r"[a-z]+", text.lower()):
+        if word in STOP:
+            continue
+        meaning = SYNONYMS.get(word, word)
+        vector[int(hashlib.sha256(meaning.encode()).hexdigest(), 16) % 64] += 1.0
+    return vector
+
+
 def tokens_of(text: str) -> list[str]:
     return re.findall(r"\S+\s*|\s+", text)
 
@@ -48,12 +63,14 @@ def tokens_of(text: str) -> list[str]:
 class FakeOpenAI:
     token_delay: float = 0.0
     requests: list[dict[str, Any]] = field(default_factory=list)
+    embedding_requests: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     _stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         served = await self._stack.enter_async_context(serve(app))  # "hang" handlers never end
         self.url = f"{served.url}/v1"
         return self.url
@@ -63,6 +80,25 @@ class FakeOpenAI:
 
     def requests_for(self, model: str) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["model"] == model]
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """Deterministic "meanings": words hashed into 64 dimensions, with a few synonyms
+        sharing one (cost, price, fee…), so a question can match a passage in other words."""
+        body = await request.json()
+        self.embedding_requests.append(body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": n, "embedding": embed(text)}
+            for n, text in enumerate(inputs)
+        ]
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": body["model"],
+                "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            }
+        )
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

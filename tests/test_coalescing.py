@@ -21,6 +21,7 @@ from server.domain.knowledge import KnowledgeService
 from server.domain.models import Article, Author, ConsultationKey, Message, Source, utcnow
 from server.domain.ports import Delta, ReplyDraft, ReplyRequest
 from server.domain.replies import ReplyCoordination, ReplyService, ReplySettings
+from server.errors import StorageUnavailable
 from server.storage.memory import MemoryStore
 
 WINDOW = 0.3  # seconds; generous so a loaded CI machine cannot blur "held" and "at once"
@@ -226,3 +227,47 @@ async def test_a_reply_taken_over_is_grounded_and_named_as_its_start_was() -> No
     [stored] = [m for m in await store.recent(key, 10) if m.role is Author.ASSISTANT]
     assert stored.content == "The tour leaves on Mondays [1]."
     assert stored.sources == [Source(id="bled", title="Lake Bled tour", cited=True)]
+
+
+class StoreAwayOnce(MemoryStore):
+    """The in-memory store, unreachable for its first read of messages after a seq (as
+    MongoDB restarting under a reaper that found an orphaned reply)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def after(self, key: ConsultationKey, after_seq: int, limit: int) -> list[Message]:
+        if self.failures:
+            self.failures -= 1
+            raise StorageUnavailable()
+        return await super().after(key, after_seq, limit)
+
+
+async def test_an_orphaned_reply_is_retried_when_the_store_was_away_at_the_first_try() -> None:
+    # The reaper finds a dead instance's reply but cannot read the store: the in-flight entry
+    # stays, so the next round continues the reply instead of letting its text expire.
+    key = ConsultationKey("tenant", "orphan-store-away")
+    store, coordination, rooms = StoreAwayOnce(), in_memory(), RecordingRooms()
+    question = await MemoryStore.append(store, Message.new(key, Author.USER, "hello"))
+    started = ReplyDraft("orphan", owner="dead", request_seq=question.message.seq)
+    await coordination.buffer.start(key.room, started, 60)
+    await coordination.buffer.append(key.room, "orphan", "dead", "Echo so far ", 60)
+    await coordination.inflight.touch(key.room, 0)
+    service = service_on(
+        store,
+        ScriptedAssistant([(0.0, "and the rest.")]),
+        rooms,
+        coordination,
+        lock_ttl_seconds=0.6,
+    )
+    service.start()
+    try:
+        await asyncio.wait_for(rooms.done.wait(), timeout=10)
+    finally:
+        await service.stop_reaper()
+    assert store.failures == 0
+    [stored] = [m for m in await store.recent(key, 10) if m.role is Author.ASSISTANT]
+    assert (stored.id, stored.content) == ("orphan", "Echo so far and the rest.")
+    # The reaper's failed try was not reported to the room as an error.
+    assert "error" not in [event for _, event, _ in rooms.events]

@@ -331,6 +331,7 @@ class ReplyService:
     async def _serve(self, key: ConsultationKey, *, mark: bool, overdue: bool = False) -> None:
         name = key.room
         losses = 0
+        reaped = overdue
         try:
             if mark:
                 await self._queue.mark_pending(name)
@@ -365,7 +366,8 @@ class ReplyService:
                     return
         except AppError as exc:
             log.warning("reply for %s not generated: %s", name, exc.message)
-            await self._safe_emit(key, _error(key, exc))
+            if not reaped:  # a reaper's retries during an outage are not news for the room
+                await self._safe_emit(key, _error(key, exc))
         except Exception:
             log.exception("reply for %s failed", name)
 
@@ -374,9 +376,11 @@ class ReplyService:
         unanswered question. False when the lock went to another holder meanwhile."""
         name = key.room
         await self._inflight.touch(name, self._ttl)
+        orphan_done = False
         try:
             # The lock is new: a reply still buffered was its dead holder's.
             await self._continue_orphan(key, lock)
+            orphan_done = True
             answered = True
             # The store is the truth: a question stored after the last reply is answered
             # even if its pending flag was lost (Redis restarted empty).
@@ -395,7 +399,11 @@ class ReplyService:
             await lock.release()
             return False
         except BaseException:
-            await self._inflight.drop(name)
+            # A dead holder's reply that could not be continued (the store was away): its
+            # in-flight entry stays, so a reaper tries again once it is overdue, instead of
+            # the text the room saw expiring with its buffer.
+            if orphan_done:
+                await self._inflight.drop(name)
             await lock.release()
             raise
         await self._inflight.drop(name)
@@ -579,9 +587,17 @@ class ReplyService:
         name = draft.key.room
         try:
             ours = await self._buffer.abandon(name, draft.message_id, draft.owner)
-        except AppError:
+        except AppError as exc:
+            # Its buffer stays (if the backend kept it): the next holder continues it.
+            log.warning(
+                "reply %s in %s lost its lock; its buffer could not be checked: %s",
+                draft.message_id,
+                name,
+                exc.message,
+            )
             return
         if ours is False:
+            log.info("reply %s in %s lost its lock to its taker", draft.message_id, name)
             return  # taken over: the new owner stores it
         reply = Message.new(
             draft.key,

@@ -513,6 +513,12 @@ class ReplyService:
             return
         partial = await self._buffer.claim(name, buffered.message_id, lock.token, self._buffer_ttl)
         if partial is None:
+            log.warning(
+                "could not take over reply %s in %s: its buffer changed hands or a newer "
+                "fence exists",
+                buffered.message_id,
+                name,
+            )
             return
         self.taken_over += 1
         log.info(

@@ -3,16 +3,15 @@ knowledge service, answer JSON."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from ..domain.knowledge import KnowledgeService
 from ..domain.ports import TokenVerifier
-from ..errors import AppError, InvalidPayload, PayloadTooLarge
+from ..errors import AppError
 from .auth import bearer_token
-from .rest import error_response
+from .rest import error_response, json_object
 
 BODY_SLACK = 64 * 1024  # beyond KNOWLEDGE_MAX_CHARS: the title, the URL, JSON escaping
 
@@ -91,14 +90,5 @@ class KnowledgeRoutes:
         return await self._auth.identify(bearer_token(request.headers.get("Authorization")))
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        limit = self._service.settings.max_chars * 4 + BODY_SLACK  # UTF-8 and escapes
-        raw = await request.content.read(limit + 1)
-        if len(raw) > limit:
-            raise PayloadTooLarge("The body is too large")
-        try:
-            body = json.loads(raw or b"{}")
-        except ValueError:
-            raise InvalidPayload("The body must be JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidPayload("The body must be a JSON object")
-        return body
+        # UTF-8 and JSON escapes make a body up to 4 bytes per character of content.
+        return await json_object(request, self._service.settings.max_chars * 4 + BODY_SLACK)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from ..domain.consultations import ConsultationService
 from ..domain.handoff import HandoffService
 from ..domain.models import Mode, Role, iso
 from ..domain.ports import TokenVerifier
-from ..errors import AppError, Forbidden, InvalidPayload, NotFound
+from ..errors import AppError, Forbidden, InvalidPayload, NotFound, PayloadTooLarge
 from . import catalogue_docs
 from .auth import bearer_token
 
@@ -165,6 +166,21 @@ class Routes:
         except AppError as exc:
             return error_response(exc)
         return web.json_response({"ok": True, "messages": [m.to_wire() for m in messages]})
+
+
+async def json_object(request: web.Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object body (at most ``limit`` bytes): InvalidPayload otherwise,
+    PayloadTooLarge past the limit."""
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"The body is larger than {limit} bytes")
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        raise InvalidPayload("The body must be JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidPayload("The body must be a JSON object")
+    return body
 
 
 def _int_param(request: web.Request, name: str, *, minimum: int) -> int | None:

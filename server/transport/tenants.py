@@ -3,16 +3,13 @@ read and its admins to replace."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from aiohttp import web
 
 from ..domain.ports import TokenVerifier
 from ..domain.tenants import TenantService
-from ..errors import AppError, InvalidPayload
+from ..errors import AppError
 from .auth import bearer_token
-from .rest import error_response
+from .rest import error_response, json_object
 
 MAX_BODY_BYTES = 512 * 1024
 
@@ -37,20 +34,7 @@ class TenantRoutes:
     async def put(self, request: web.Request) -> web.Response:
         try:
             identity = await self._auth.identify(bearer_token(request.headers.get("Authorization")))
-            settings = await self._service.put(identity, await _body(request))
+            settings = await self._service.put(identity, await json_object(request, MAX_BODY_BYTES))
         except AppError as exc:
             return error_response(exc)
         return web.json_response({"ok": True, "settings": settings.to_wire()})
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidPayload("The body is too large")
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise InvalidPayload("The body must be JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidPayload("The body must be a JSON object")
-    return body

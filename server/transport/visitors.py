@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from typing import Any
 
 from aiohttp import web
 
@@ -15,7 +13,7 @@ from ..domain.visitors import Visitor, VisitorService
 from ..errors import AppError, InvalidPayload, Unauthorized
 from .auth import bearer_token
 from .net import Network, client_address, own_origins
-from .rest import error_response
+from .rest import error_response, json_object
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -41,7 +39,7 @@ class VisitorRoutes:
 
     async def issue(self, request: web.Request) -> web.Response:
         try:
-            body = await _json_body(request)
+            body = await json_object(request, MAX_BODY_BYTES)
             widget_key = body.get("widgetKey")
             if not isinstance(widget_key, str) or not widget_key:
                 raise InvalidPayload("widgetKey is required", field="widgetKey")
@@ -75,7 +73,7 @@ class VisitorRoutes:
             if token is None:
                 raise Unauthorized("Authorization: Bearer <visitor token> is required")
             visitor = await self._auth.identify(token)
-            body = await _json_body(request)
+            body = await json_object(request, MAX_BODY_BYTES)
             user_token = body.get("userToken")
             if not isinstance(user_token, str) or not user_token:
                 raise InvalidPayload("userToken is required", field="userToken")
@@ -99,18 +97,3 @@ def _issued(visitor: Visitor, *, status: int) -> web.Response:
         },
         status=status,
     )
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        raise InvalidPayload(f"The body is larger than {MAX_BODY_BYTES} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidPayload(f"The body is larger than {MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise InvalidPayload("The body must be JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidPayload("The body must be a JSON object")
-    return body

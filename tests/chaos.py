@@ -513,12 +513,24 @@ async def start_stack(workdir: Path) -> Stack:
         "LOG_LEVEL": "INFO",
     }
     apps = [AppProcess(dict(env), workdir / f"app{i + 1}.log") for i in range(3)]
-    for app in apps:
-        app.start()
-    for app in apps:
-        await asyncio.to_thread(app.wait_ready, 30)
-    nginx = Nginx(upstreams=[f"127.0.0.1:{app.port}" for app in apps], workdir=workdir / "nginx")
-    nginx.start()
+    try:
+        for app in apps:
+            app.start()
+        for app in apps:
+            await asyncio.to_thread(app.wait_ready, 30)
+        upstreams = [f"127.0.0.1:{app.port}" for app in apps]
+        nginx = Nginx(upstreams=upstreams, workdir=workdir / "nginx")
+        nginx.start()
+    except BaseException:
+        # A stack that could not start leaves nothing running (an earlier run without nginx
+        # left three servers and a MongoDB behind for hours).
+        for app in apps:
+            with contextlib.suppress(Exception):
+                app.stop()
+        redis.stop()
+        mongo.stop()
+        await fake.stop()
+        raise
     return Stack(workdir, fake, mongo, redis, apps, nginx)
 
 

@@ -346,3 +346,15 @@ async def run_node(script: str, *args: str, timeout: float = 30) -> dict[str, An
     assert process.returncode == 0, (stdout, stderr)
     result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
     return result
+
+
+async def run_browser_script(script: str, *args: str, timeout: float = 150) -> dict[str, Any]:
+    """Run a headless-Chromium scenario ``tests/js/<script>`` (playwright-core) through
+    :func:`run_node`; its report must not name a failed step."""
+    if not (JS / "node_modules" / "playwright-core").is_dir():
+        pytest.fail("tests/js/node_modules is needed: run scripts/test")
+    if shutil.which("chromium") is None:
+        pytest.fail("chromium is needed: scripts/test installs it")
+    seen = await run_node(script, *args, timeout=timeout)
+    assert "failure" not in seen, (seen["lastStep"], seen["failure"])
+    return seen

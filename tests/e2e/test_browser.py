@@ -3,8 +3,6 @@ official socket.io-client bundle served by our server (the CDN is made unreachab
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import re
 import shutil
@@ -12,36 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from server.domain.models import ConsultationKey, TenantSettings
 from tests.conftest import StartServer
+from tests.helpers import run_browser_script
 
 JS = Path(__file__).resolve().parent.parent / "js"
 BUNDLE = JS / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 CDN = "https://cdn.socket.io/4.8.1/socket.io.min.js"
-
-
-async def run_browser(base: str, fallback_base: str, shots: Path) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None or not (JS / "node_modules" / "playwright-core").is_dir():
-        pytest.fail("node and tests/js/node_modules are needed: run scripts/test")
-    if shutil.which("chromium") is None:
-        pytest.fail("chromium is needed: scripts/test installs it")
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(JS / "browser.mjs"),
-        base,
-        fallback_base,
-        str(shots),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 150)
-    assert process.returncode == 0, stderr.decode()[-3000:]
-    seen: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
-    assert "failure" not in seen, (seen["lastStep"], seen["failure"])
-    return seen
 
 
 async def history(base: str, consultation_id: str) -> list[dict[str, Any]]:
@@ -64,7 +40,7 @@ async def test_the_pages_chat_stream_stop_reload_and_hand_off_in_chromium(
         TenantSettings(tenant_id="default", greeting="Welcome to the clinic's chat!")
     )
     fallback = await start_server(socketio_client_url=CDN, socketio_client_bundle=str(BUNDLE))
-    seen = await run_browser(server.url, fallback.url, tmp_path)
+    seen = await run_browser_script("browser.mjs", server.url, fallback.url, str(tmp_path))
 
     assert seen["pageErrors"] == []
     assert seen["greeting"] == "Welcome to the clinic's chat!"

@@ -4,41 +4,17 @@ first question, canned replies insert, keyboard shortcuts move between conversat
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from server.domain.models import CannedReply, TenantSettings
 from tests.conftest import JWT_SECRET, Connect, StartServer, make_token
+from tests.helpers import run_browser_script
 
 JS = Path(__file__).resolve().parent.parent / "js"
 BUNDLE = JS / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
-
-
-async def run_console(base: str, shots: Path, first: str, second: str) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None or not (JS / "node_modules" / "playwright-core").is_dir():
-        pytest.fail("node and tests/js/node_modules are needed: run scripts/test")
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(JS / "console.mjs"),
-        base,
-        str(shots),
-        first,
-        second,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 150)
-    assert process.returncode == 0, stderr.decode()[-3000:]
-    seen: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
-    assert "failure" not in seen, (seen["lastStep"], seen["failure"])
-    return seen
 
 
 async def test_the_console_and_the_chat_page_fit_and_keep_one_conversation(
@@ -58,7 +34,7 @@ async def test_the_console_and_the_chat_page_fit_and_keep_one_conversation(
         ack = await client.call("requestOperator", {"consultationId": consultation})
         assert ack["ok"], ack
 
-    seen = await run_console(server.url, tmp_path, "c-ann", "c-bob")
+    seen = await run_browser_script("console.mjs", server.url, str(tmp_path), "c-ann", "c-bob")
 
     assert seen["pageErrors"] == []
     assert seen["preview"] == "“ann needs help with a booking”"

@@ -4,18 +4,16 @@ a human, whom the operator console serves; a site the key does not name cannot f
 
 from __future__ import annotations
 
-import asyncio
 import json
-import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from tests.conftest import JWT_SECRET, StartServer, make_token
+from tests.helpers import run_browser_script
 from tests.servers import serve
 
 JS = Path(__file__).resolve().parent.parent / "js"
@@ -52,27 +50,6 @@ def host_site(title: str, chat_server: dict[str, str]) -> web.Application:
     app.router.add_get("/", page("tours"))
     app.router.add_get("/booking", page("booking"))
     return app
-
-
-async def run_widget(config: dict[str, str], shots: Path) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None or not (JS / "node_modules" / "playwright-core").is_dir():
-        pytest.fail("node and tests/js/node_modules are needed: run scripts/test")
-    if shutil.which("chromium") is None:
-        pytest.fail("chromium is needed: scripts/test installs it")
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(JS / "widget.mjs"),
-        json.dumps(config),
-        str(shots),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 180)
-    assert process.returncode == 0, stderr.decode()[-3000:]
-    seen: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
-    assert "failure" not in seen, (seen["lastStep"], seen["failure"])
-    return seen
 
 
 async def test_the_widget_on_another_site_chats_resumes_and_reaches_an_operator(
@@ -121,7 +98,7 @@ async def _widget_scenario(
         "operatorToken": make_token("op-dana", tenant="t1", role="operator", name="Dana"),
         "userToken": make_token("user-42", tenant="t1", expires_in=timedelta(hours=1)),
     }
-    seen = await run_widget(config, tmp_path)
+    seen = await run_browser_script("widget.mjs", json.dumps(config), str(tmp_path), timeout=180)
 
     assert seen["pageErrors"] == []
     assert seen["cspViolations"] == []  # the host page's strict CSP and the frame's own

@@ -327,6 +327,7 @@ async def limits_hold_across_instances(
 
 
 JS = Path(__file__).resolve().parent / "js"
+BUNDLE = JS / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"  # the browser build
 
 
 async def run_node(script: str, *args: str, timeout: float = 30) -> dict[str, Any]:

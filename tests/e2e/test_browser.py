@@ -13,10 +13,8 @@ import aiohttp
 
 from server.domain.models import ConsultationKey, TenantSettings
 from tests.conftest import StartServer
-from tests.helpers import run_browser_script
+from tests.helpers import BUNDLE, run_browser_script
 
-JS = Path(__file__).resolve().parent.parent / "js"
-BUNDLE = JS / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 CDN = "https://cdn.socket.io/4.8.1/socket.io.min.js"
 
 

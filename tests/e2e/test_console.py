@@ -11,10 +11,7 @@ import aiohttp
 
 from server.domain.models import CannedReply, TenantSettings
 from tests.conftest import JWT_SECRET, Connect, StartServer, make_token
-from tests.helpers import run_browser_script
-
-JS = Path(__file__).resolve().parent.parent / "js"
-BUNDLE = JS / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+from tests.helpers import BUNDLE, run_browser_script
 
 
 async def test_the_console_and_the_chat_page_fit_and_keep_one_conversation(

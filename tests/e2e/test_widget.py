@@ -13,11 +13,8 @@ import aiohttp
 from aiohttp import web
 
 from tests.conftest import JWT_SECRET, StartServer, make_token
-from tests.helpers import run_browser_script
+from tests.helpers import BUNDLE, run_browser_script
 from tests.servers import serve
-
-JS = Path(__file__).resolve().parent.parent / "js"
-BUNDLE = JS / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
 
 
 def host_site(title: str, chat_server: dict[str, str]) -> web.Application:

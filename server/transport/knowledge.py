@@ -8,10 +8,10 @@ from typing import Any
 from aiohttp import web
 
 from ..domain.knowledge import KnowledgeService
+from ..domain.models import Article
 from ..domain.ports import TokenVerifier
 from ..errors import AppError
-from .auth import bearer_token
-from .rest import error_response, json_object
+from .rest import error_response, json_object, request_identity
 
 BODY_SLACK = 64 * 1024  # beyond KNOWLEDGE_MAX_CHARS: the title, the URL, JSON escaping
 
@@ -30,7 +30,7 @@ class KnowledgeRoutes:
 
     async def all(self, request: web.Request) -> web.Response:
         try:
-            identity = await self._identify(request)
+            identity = await request_identity(self._auth, request)
             articles = await self._service.all(identity)
         except AppError as exc:
             return error_response(exc)
@@ -38,7 +38,7 @@ class KnowledgeRoutes:
 
     async def get(self, request: web.Request) -> web.Response:
         try:
-            identity = await self._identify(request)
+            identity = await request_identity(self._auth, request)
             article = await self._service.get(identity, request.match_info["article_id"])
         except AppError as exc:
             return error_response(exc)
@@ -46,16 +46,9 @@ class KnowledgeRoutes:
 
     async def create(self, request: web.Request) -> web.Response:
         try:
-            identity = await self._identify(request)
-            body = await self._body(request)
-            given = body.get("id")
-            article = await self._service.put(
-                identity,
-                title=body.get("title"),
-                content=body.get("content"),
-                url=body.get("url"),
-                tags=body.get("tags"),
-                article_id=given if isinstance(given, str) and given else None,
+            given = (body := await self._body(request)).get("id")
+            article = await self._put(
+                request, body, given if isinstance(given, str) and given else None
             )
         except AppError as exc:
             return error_response(exc)
@@ -63,16 +56,9 @@ class KnowledgeRoutes:
 
     async def replace(self, request: web.Request) -> web.Response:
         try:
-            identity = await self._identify(request)
             body = await self._body(request)
-            article = await self._service.put(
-                identity,
-                title=body.get("title"),
-                content=body.get("content"),
-                url=body.get("url"),
-                tags=body.get("tags"),
-                article_id=request.match_info["article_id"],
-                must_exist=True,
+            article = await self._put(
+                request, body, request.match_info["article_id"], must_exist=True
             )
         except AppError as exc:
             return error_response(exc)
@@ -80,14 +66,29 @@ class KnowledgeRoutes:
 
     async def delete(self, request: web.Request) -> web.Response:
         try:
-            identity = await self._identify(request)
+            identity = await request_identity(self._auth, request)
             await self._service.delete(identity, request.match_info["article_id"])
         except AppError as exc:
             return error_response(exc)
         return web.json_response({"ok": True})
 
-    async def _identify(self, request: web.Request) -> Any:
-        return await self._auth.identify(bearer_token(request.headers.get("Authorization")))
+    async def _put(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        article_id: str | None,
+        *,
+        must_exist: bool = False,
+    ) -> Article:
+        return await self._service.put(
+            await request_identity(self._auth, request),
+            title=body.get("title"),
+            content=body.get("content"),
+            url=body.get("url"),
+            tags=body.get("tags"),
+            article_id=article_id,
+            must_exist=must_exist,
+        )
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         # UTF-8 and JSON escapes make a body up to 4 bytes per character of content.

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..domain.consultations import ConsultationService
 from ..domain.handoff import HandoffService
-from ..domain.models import Mode, Role, iso
+from ..domain.models import Identity, Mode, Role, iso
 from ..domain.ports import TokenVerifier
 from ..errors import AppError, Forbidden, InvalidPayload, NotFound, PayloadTooLarge
 from . import catalogue_docs
@@ -75,7 +75,7 @@ class Routes:
     async def stats(self, request: web.Request) -> web.Response:
         """``?from=&to=`` (ISO 8601): the tenant's figures, for operators and admins."""
         try:
-            identity = await self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            identity = await request_identity(self._auth, request)
             since = _time_param(request, "from")
             until = _time_param(request, "to")
             found = await self._service.stats(identity, since, until)
@@ -116,9 +116,7 @@ class Routes:
         """This instance's figures (and the cluster's): admins only, unless public."""
         try:
             if not self._status_public:
-                identity = await self._auth.identify(
-                    bearer_token(request.headers.get("Authorization"))
-                )
+                identity = await request_identity(self._auth, request)
                 if identity.role is not Role.ADMIN:
                     raise Forbidden("The status is for admins")
         except AppError as exc:
@@ -129,7 +127,7 @@ class Routes:
     async def operator_queue(self, request: web.Request) -> web.Response:
         """The tenant's waiting consultations, in the order they will be served."""
         try:
-            identity = await self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            identity = await request_identity(self._auth, request)
             if self._handoff is None:
                 raise NotFound()
             items = await self._handoff.queue(identity)
@@ -140,7 +138,7 @@ class Routes:
     async def consultations(self, request: web.Request) -> web.Response:
         """``?mode=ai|waiting|operator|closed``: the tenant's consultations, for dashboards."""
         try:
-            identity = await self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            identity = await request_identity(self._auth, request)
             raw = request.query.get("mode") or None
             try:
                 mode = Mode(raw) if raw else None
@@ -156,8 +154,7 @@ class Routes:
 
     async def messages(self, request: web.Request) -> web.Response:
         try:
-            token = bearer_token(request.headers.get("Authorization"))
-            identity = await self._auth.identify(token)
+            identity = await request_identity(self._auth, request)
             after_seq = _int_param(request, "afterSeq", minimum=0)
             limit = _int_param(request, "limit", minimum=1)
             messages = await self._service.history(
@@ -166,6 +163,12 @@ class Routes:
         except AppError as exc:
             return error_response(exc)
         return web.json_response({"ok": True, "messages": [m.to_wire() for m in messages]})
+
+
+async def request_identity(verifier: TokenVerifier, request: web.Request) -> Identity:
+    """Who calls a REST route: the ``Authorization: Bearer`` token, verified (dev auth
+    without one)."""
+    return await verifier.identify(bearer_token(request.headers.get("Authorization")))
 
 
 async def json_object(request: web.Request, limit: int) -> dict[str, Any]:

@@ -8,8 +8,7 @@ from aiohttp import web
 from ..domain.ports import TokenVerifier
 from ..domain.tenants import TenantService
 from ..errors import AppError
-from .auth import bearer_token
-from .rest import error_response, json_object
+from .rest import error_response, json_object, request_identity
 
 MAX_BODY_BYTES = 512 * 1024
 
@@ -25,7 +24,7 @@ class TenantRoutes:
 
     async def get(self, request: web.Request) -> web.Response:
         try:
-            identity = await self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            identity = await request_identity(self._auth, request)
             settings = await self._service.for_staff(identity)
         except AppError as exc:
             return error_response(exc)
@@ -33,7 +32,7 @@ class TenantRoutes:
 
     async def put(self, request: web.Request) -> web.Response:
         try:
-            identity = await self._auth.identify(bearer_token(request.headers.get("Authorization")))
+            identity = await request_identity(self._auth, request)
             settings = await self._service.put(identity, await json_object(request, MAX_BODY_BYTES))
         except AppError as exc:
             return error_response(exc)

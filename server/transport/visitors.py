@@ -7,13 +7,13 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from ..domain.models import iso
+from ..domain.models import Identity, iso
 from ..domain.ports import TokenVerifier
 from ..domain.visitors import Visitor, VisitorService
 from ..errors import AppError, InvalidPayload, Unauthorized
 from .auth import bearer_token
 from .net import Network, client_address, own_origins
-from .rest import error_response, json_object
+from .rest import error_response, json_object, request_identity
 
 MAX_BODY_BYTES = 16 * 1024
 
@@ -56,23 +56,23 @@ class VisitorRoutes:
             return error_response(exc)
         return _issued(visitor, status=201)
 
+    async def _caller(self, request: web.Request) -> Identity:
+        """The bearer token's identity; a token is required (dev auth's guests included)."""
+        if bearer_token(request.headers.get("Authorization")) is None:
+            raise Unauthorized("Authorization: Bearer <visitor token> is required")
+        return await request_identity(self._auth, request)
+
     async def refresh(self, request: web.Request) -> web.Response:
         """A fresh token for the visitor of a valid one (same visitorId)."""
         try:
-            token = bearer_token(request.headers.get("Authorization"))
-            if token is None:
-                raise Unauthorized("Authorization: Bearer <visitor token> is required")
-            visitor = self._service.refresh(await self._auth.identify(token))
+            visitor = self._service.refresh(await self._caller(request))
         except AppError as exc:
             return error_response(exc)
         return _issued(visitor, status=200)
 
     async def identify(self, request: web.Request) -> web.Response:
         try:
-            token = bearer_token(request.headers.get("Authorization"))
-            if token is None:
-                raise Unauthorized("Authorization: Bearer <visitor token> is required")
-            visitor = await self._auth.identify(token)
+            visitor = await self._caller(request)
             body = await json_object(request, MAX_BODY_BYTES)
             user_token = body.get("userToken")
             if not isinstance(user_token, str) or not user_token:

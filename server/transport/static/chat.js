@@ -1,6 +1,6 @@
-// Shared by the demo page (/) and the operator console (/operator): plain JS, no build step.
-// window.Chat = { markdown, Log, Room, call, connect, el, clock, tokenSubject, $, status,
-// clientLoaded }.
+// Shared by the chat page (/), the operator console (/operator) and the widget (/widget): plain
+// JS, no build step. window.Chat = { markdown, Log, Room, call, connect, el, clock,
+// tokenSubject, $, status, clientLoaded, humanDialog }.
 (function () {
   "use strict";
 
@@ -260,6 +260,24 @@
     }
   }
 
+  // -- "Talk to a human" as an in-page question (#human opens #human-dialog; #human-reason,
+  // #human-cancel, #human-confirm): Cancel or Escape asks nothing; ask(reason) asks.
+  function humanDialog(ask) {
+    const cancel = () => { $("human-dialog").hidden = true; $("human").focus(); };
+    $("human").onclick = () => { $("human-dialog").hidden = false; $("human-reason").focus(); };
+    $("human-cancel").onclick = cancel;
+    $("human-reason").onkeydown = (e) => {
+      if (e.key === "Enter") { e.preventDefault(); $("human-confirm").click(); }
+      if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); cancel(); }
+    };
+    $("human-confirm").onclick = () => {
+      const reason = $("human-reason").value.trim() || undefined;
+      $("human-dialog").hidden = true;
+      $("human-reason").value = "";
+      ask(reason);
+    };
+  }
+
   // -- The socket: a token in JWT mode, a chosen identity in dev auth.
   function connect(credentials, onStatus) {
     const auth = credentials.token ? { token: credentials.token } : { userId: credentials.userId, name: credentials.name, role: credentials.role };
@@ -297,5 +315,5 @@
     return false;
   }
 
-  window.Chat = { markdown, Log, Room, call, connect, el, clock, tokenSubject, $, status, clientLoaded };
+  window.Chat = { markdown, Log, Room, call, connect, el, clock, tokenSubject, $, status, clientLoaded, humanDialog };
 })();

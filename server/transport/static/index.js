@@ -95,20 +95,10 @@
     Chat.call(socket, "typing", { consultationId, isTyping: true });
   };
   $("stop").onclick = () => socket && Chat.call(socket, "stopGeneration", { consultationId });
-  // "Talk to a human": an in-page question; Cancel asks nothing.
-  $("human").onclick = () => { $("human-dialog").hidden = false; $("human-reason").focus(); };
-  $("human-cancel").onclick = () => { $("human-dialog").hidden = true; $("human").focus(); };
-  $("human-reason").onkeydown = (e) => {
-    if (e.key === "Enter") { e.preventDefault(); $("human-confirm").click(); }
-    if (e.key === "Escape") { e.preventDefault(); $("human-cancel").click(); }
-  };
-  $("human-confirm").onclick = async () => {
-    const reason = $("human-reason").value.trim() || undefined;
-    $("human-dialog").hidden = true;
-    $("human-reason").value = "";
+  Chat.humanDialog(async (reason) => {
     const ack = await Chat.call(socket, "requestOperator", { consultationId, reason });
     if (ack.ok) setMode("waiting", null, ack.queuePosition); else log.notice("Could not ask: " + ack.error.message);
-  };
+  });
 
   // The rating: 1-5 stars and a comment, stored with the consultation.
   const stars = [1, 2, 3, 4, 5].map((n) => {

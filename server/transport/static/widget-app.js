@@ -317,21 +317,11 @@
   };
   $("stop").onclick = () => socket && Chat.call(socket, "stopGeneration", { consultationId });
 
-  // "Talk to a human": an in-panel question; Cancel asks nothing.
-  $("human").onclick = () => { $("human-dialog").hidden = false; $("human-reason").focus(); };
-  $("human-cancel").onclick = () => { $("human-dialog").hidden = true; $("human").focus(); };
-  $("human-reason").onkeydown = (e) => {
-    if (e.key === "Enter") { e.preventDefault(); $("human-confirm").click(); }
-    if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); $("human-cancel").click(); }
-  };
-  $("human-confirm").onclick = async () => {
-    const reason = $("human-reason").value.trim() || undefined;
-    $("human-dialog").hidden = true;
-    $("human-reason").value = "";
+  Chat.humanDialog(async (reason) => {
     const ack = await Chat.call(socket, "requestOperator", { consultationId, reason });
     if (ack.ok) setMode("waiting", null, ack.queuePosition); else log.notice(ack.error.message);
     $("content").focus();
-  };
+  });
 
   function hide() { isOpen = false; tellHost("close"); } // the page hides the frame
   $("close").onclick = hide;

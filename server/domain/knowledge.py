@@ -146,7 +146,6 @@ class KnowledgeService:
         ranker: Ranker,
         settings: KnowledgeSettings | None = None,
         *,
-        open_access: bool = False,
         embedder: Embedder | None = None,
         vector_indexer: VectorIndexer | None = None,
     ) -> None:
@@ -155,7 +154,6 @@ class KnowledgeService:
         self._embedder = embedder
         self._vector_indexer = vector_indexer
         self.settings = settings or KnowledgeSettings()
-        self._open_access = open_access
         self._indexes: dict[str, _TenantIndex] = {}
         self._building: dict[str, asyncio.Lock] = {}
 

@@ -76,9 +76,6 @@ class VisitorService:
         self._rooms = rooms
         self._per_minute = issue_per_minute
 
-    def key(self, widget_key: str) -> WidgetKey | None:
-        return self.keys.get(widget_key)
-
     def check_origin(self, key: WidgetKey, origin: str | None, own: Collection[str]) -> None:
         """A browser names the page's origin: it must be one the key allows, or this server's
         own (the widget's frame, whose embedding ``frame-ancestors`` restricts). A request
@@ -90,7 +87,7 @@ class VisitorService:
     async def issue(
         self, widget_key: str, *, origin: str | None, own_origins: Collection[str], address: str
     ) -> Visitor:
-        key = self.key(widget_key)
+        key = self.keys.get(widget_key)
         if key is None:
             raise Forbidden("Unknown widget key")
         self.check_origin(key, origin, own_origins)

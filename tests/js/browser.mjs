@@ -4,18 +4,14 @@
 //   node browser.mjs BASE_URL FALLBACK_BASE_URL SCREENSHOT_DIR
 // BASE_URL serves the local socket.io-client bundle first; FALLBACK_BASE_URL names the CDN first
 // and must fall back to the local bundle. Prints one JSON line with what the pages showed.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 import { readmeSnippet } from "./readme.mjs";
 
 const [base, fallbackBase, shots] = process.argv.slice(2);
 const seen = { cdnRequests: [], pageErrors: [], cspViolations: [], csp: {} };
 const step = (name) => { seen.lastStep = name; };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 
 async function open(url) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });

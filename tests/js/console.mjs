@@ -2,17 +2,13 @@
 // nothing overflows the viewport (the header and the reply box stay in view while typing),
 // a reload with two held consultations shows exactly one, canned replies insert.
 //   node console.mjs BASE_URL SCREENSHOT_DIR CONSULTATION_A CONSULTATION_B
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [base, shots, first, second] = process.argv.slice(2);
 const seen = { pageErrors: [], overflow: {} };
 const step = (name) => { seen.lastStep = name; };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 
 // What sticks out of the viewport: the page itself (a horizontal scrollbar), or one of the
 // elements that must always be in view.

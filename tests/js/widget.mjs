@@ -3,18 +3,14 @@
 //   node widget.mjs CONFIG_JSON SCREENSHOT_DIR
 // CONFIG_JSON: {host, other, foreign, server, operatorToken}. host/other: two pages of the
 // embedding site; foreign: a site the key does not name. Prints one JSON line of what was seen.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [configJson, shots] = process.argv.slice(2);
 const config = JSON.parse(configJson);
 const seen = { pageErrors: [], cspViolations: [], frameBlocked: [] };
 const step = (name) => { seen.lastStep = name; };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 
 function watch(page) {
   page.on("pageerror", (error) => seen.pageErrors.push(error.message));

@@ -4,6 +4,12 @@ Documents are the records' own dumps, with their camelCase field names. ``seq`` 
 optimistically: read the last seq, insert seq + 1, and retry when the unique (tenantId,
 consultationId, seq) index says another writer won. Unlike a counter that is incremented before
 the insert, this never leaves a gap when an insert fails.
+
+Because seqs have no gaps, "the newest messages" is a seq range. Every query for the newest is
+bounded below by a seq this instance knows exists (``_SeqFloors``), so it reads a short index
+range on any MongoDB-wire server, whatever the size of the consultation: an unbounded "sort
+by seq, descending, limit 1" costs a real MongoDB one index probe, but the test server scans
+the consultation, which made long chaos runs slower with every message.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import logging
 import random
 import re
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -52,6 +59,30 @@ CLIENT_ID_INDEX = "tenant_consultation_client_message"
 Document = dict[str, Any]
 
 
+class _SeqFloors:
+    """The newest seq this instance has seen per consultation: a lower bound of its last seq
+    (seqs only grow, and messages are never deleted). Bounded: the least recently used
+    consultations are forgotten, and then looked up once unbounded."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._floors: OrderedDict[tuple[str, str], int] = OrderedDict()
+
+    def get(self, key: ConsultationKey) -> int:
+        return self._floors.get((key.tenant_id, key.consultation_id), 0)
+
+    def saw(self, key: ConsultationKey, seq: int) -> None:
+        name = (key.tenant_id, key.consultation_id)
+        if seq <= self._floors.get(name, 0):
+            self._floors.move_to_end(name)
+            return
+        self._floors[name] = seq
+        self._floors.move_to_end(name)
+        if len(self._floors) > self.LIMIT:
+            self._floors.popitem(last=False)
+
+
 class MongoStore:
     def __init__(self, url: str, database: str, *, timeout_seconds: float = 5.0) -> None:
         timeout_ms = int(timeout_seconds * 1000)
@@ -70,6 +101,7 @@ class MongoStore:
         self._articles = db["knowledge"]
         self._revisions = db["knowledge_revisions"]
         self._tenants = db["tenant_settings"]
+        self._seq_floors = _SeqFloors()
 
     async def start(self) -> None:
         """Create the indexes; :class:`StorageUnavailable` with a one-line reason when the
@@ -385,6 +417,7 @@ class MongoStore:
             try:
                 async with _translated("store message"):
                     await self._messages.insert_one(_message_doc(message, seq))
+                self._seq_floors.saw(message.key, seq)
             except _Duplicate as dup:
                 if dup.index == CLIENT_ID_INDEX:
                     return Appended(await self._by_client_id(message), created=False)
@@ -416,26 +449,35 @@ class MongoStore:
     async def recent(self, key: ConsultationKey, limit: int) -> list[Message]:
         if limit <= 0:
             return []
-        async with _translated("read messages"):
-            cursor = self._messages.find(_key_query(key)).sort("seq", DESCENDING).limit(limit)
-            docs = await cursor.to_list()
-        return [_message(doc) for doc in reversed(docs)]
+        last = await self._last_seq(key)
+        if last == 0:
+            return []
+        return await self.after(key, max(0, last - limit), limit)
 
     async def after(self, key: ConsultationKey, after_seq: int, limit: int) -> list[Message]:
         if limit <= 0:
             return []
-        query = {**_key_query(key), "seq": {"$gt": after_seq}}
+        # Bounded on both sides (seqs have no gaps): exactly the index range to read.
+        query = {**_key_query(key), "seq": {"$gt": after_seq, "$lte": after_seq + limit}}
         async with _translated("read messages"):
             cursor = self._messages.find(query).sort("seq", ASCENDING).limit(limit)
             docs = await cursor.to_list()
         return [_message(doc) for doc in docs]
 
     async def _last_seq(self, key: ConsultationKey) -> int:
+        floor = self._seq_floors.get(key)
+        query = _key_query(key)
+        if floor:
+            query["seq"] = {"$gte": floor}
         async with _translated("read sequence"):
             doc = await self._messages.find_one(
-                _key_query(key), projection={"seq": 1}, sort=[("seq", DESCENDING)]
+                query, projection={"seq": 1}, sort=[("seq", DESCENDING)]
             )
-        return int(doc["seq"]) if doc else 0
+        if doc is None:
+            return 0  # no message yet (a known floor always finds at least itself)
+        seq = int(doc["seq"])
+        self._seq_floors.saw(key, seq)
+        return seq
 
 
 class _Duplicate(Exception):

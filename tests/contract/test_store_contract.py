@@ -47,6 +47,23 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     await impl.close()
 
 
+@pytest.fixture(params=["memory", "mongo"])
+async def two_handles(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, Store]]:
+    """Two instances' view of one store (for memory, one object)."""
+    stores: list[Store]
+    if request.param == "memory":
+        stores = [MemoryStore()] * 2
+    else:
+        server: MongoServer = request.getfixturevalue("mongo_server")
+        database = f"test_{uuid.uuid4().hex[:12]}"
+        stores = [MongoStore(server.url, database, timeout_seconds=5) for _ in range(2)]
+    for impl in stores:
+        await impl.start()
+    yield stores[0], stores[1]
+    for impl in stores:
+        await impl.close()
+
+
 def draft(
     key: ConsultationKey = KEY, content: str = "hello", role: Author = Author.USER, **fields: Any
 ) -> Message:
@@ -122,6 +139,26 @@ async def test_recent_returns_the_last_messages_oldest_first(store: Store) -> No
     assert [m.content for m in recent] == ["m3", "m4", "m5"]
     assert [m.seq for m in recent] == [4, 5, 6]
     assert len(await store.recent(KEY, 50)) == 6
+
+
+async def test_the_newest_messages_are_found_after_another_instance_wrote_more(
+    two_handles: tuple[Store, Store],
+) -> None:
+    """An instance's idea of a consultation's last seq is only a lower bound: messages another
+    instance stored since are in its recent() and after(), and its next append follows them."""
+    first, second = two_handles
+    for i in range(5):
+        await first.append(draft(content=f"a{i}"))
+    assert [m.seq for m in await first.recent(KEY, 2)] == [4, 5]
+    for i in range(70):
+        await second.append(draft(content=f"b{i}"))
+    assert [m.seq for m in await first.recent(KEY, 3)] == [73, 74, 75]
+    assert [m.content for m in await first.recent(KEY, 1)] == ["b69"]
+    assert len(await first.recent(KEY, 100)) == 75
+    assert [m.seq for m in await first.after(KEY, 70, 50)] == [71, 72, 73, 74, 75]
+    appended = await first.append(draft(content="a5"))
+    assert appended.message.seq == 76
+    assert [m.seq for m in await second.recent(KEY, 2)] == [75, 76]
 
 
 async def test_after_returns_messages_past_a_seq_with_a_limit(store: Store) -> None:

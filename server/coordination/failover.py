@@ -75,32 +75,79 @@ async def _empty() -> list[str]:
 
 
 class _GuardedLock:
-    def __init__(self, inner: Lock) -> None:
+    def __init__(self, inner: Lock, held: _HeldHere, name: str, ttl_seconds: float) -> None:
         self._inner = inner
+        self._held, self._name, self._ttl = held, name, ttl_seconds
 
     @property
     def token(self) -> str:
         return self._inner.token
 
     async def renew(self) -> bool:
-        # Unreachable is not lost: CoordinationUnavailable reaches the reply, which goes on.
-        return await self._inner.renew()
+        # Unreachable is not lost: CoordinationUnavailable reaches the reply, which goes on
+        # (and keeps the consultation for itself here meanwhile).
+        try:
+            renewed = await self._inner.renew()
+        except CoordinationUnavailable:
+            self._held.keep(self._name, self.token, self._ttl)
+            raise
+        if renewed:
+            self._held.keep(self._name, self.token, self._ttl)
+        else:
+            self._held.forget(self._name, self.token)
+        return renewed
 
     async def release(self) -> None:
+        self._held.forget(self._name, self.token)
         with contextlib.suppress(CoordinationUnavailable):  # it expires by itself
             await self._inner.release()
+
+
+class _HeldHere:
+    """The reply locks this instance holds, whichever backend granted them. During an outage
+    the memory fallback knows nothing of a lock held on Redis, and once Redis is back, Redis
+    knows nothing of one granted by memory: without this, a second reply could start in a
+    consultation beside the one this instance is streaming there (one buffer per
+    consultation: one of them would be lost). A holder's claim lasts a TTL past its last
+    renewal, reached or not."""
+
+    def __init__(self) -> None:
+        self._holders: dict[str, tuple[str, float]] = {}  # name -> (token, deadline)
+
+    def holds(self, name: str) -> bool:
+        held = self._holders.get(name)
+        if held is None:
+            return False
+        if held[1] <= time.monotonic():
+            del self._holders[name]
+            return False
+        return True
+
+    def keep(self, name: str, token: str, ttl_seconds: float) -> None:
+        self._holders[name] = (token, time.monotonic() + ttl_seconds)
+
+    def forget(self, name: str, token: str) -> None:
+        held = self._holders.get(name)
+        if held is not None and held[0] == token:
+            del self._holders[name]
 
 
 class FailoverReplyLocks:
     def __init__(self, primary: ReplyLocks, fallback: ReplyLocks, degraded: Degraded) -> None:
         self._primary, self._fallback, self._degraded = primary, fallback, degraded
+        self._held = _HeldHere()
 
     async def try_lock(self, name: str, ttl_seconds: float) -> Lock | None:
+        if self._held.holds(name):
+            return None  # this instance is replying there, on whichever backend
         lock = await self._degraded.either(
             lambda: self._primary.try_lock(name, ttl_seconds),
             lambda: self._fallback.try_lock(name, ttl_seconds),
         )
-        return _GuardedLock(lock) if lock is not None else None
+        if lock is None:
+            return None
+        self._held.keep(name, lock.token, ttl_seconds)
+        return _GuardedLock(lock, self._held, name, ttl_seconds)
 
     async def fenced_token(self, name: str) -> str:
         return await self._degraded.either(

@@ -66,6 +66,40 @@ async def test_a_lock_cut_off_from_redis_is_not_lost_and_is_taken_back_when_redi
         redis_server.stop()
 
 
+async def test_a_consultation_this_instance_replies_in_stays_locked_whichever_backend() -> None:
+    """During an outage the memory fallback does not know the lock this instance holds on
+    Redis, and once Redis is back Redis does not know one granted by memory: neither may let
+    a second reply start beside the one streaming (seen in a chaos run: two replies of one
+    consultation on one instance, one buffer, one reply lost)."""
+    redis_server = RedisServer().start()
+    redis = RedisHandle(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}")
+    coordination = on_redis(redis)
+    try:
+        await redis.start()
+        on_redis_lock = await coordination.locks.try_lock("c:1", 5)
+        assert on_redis_lock is not None
+        redis_server.stop()
+        assert await coordination.locks.try_lock("c:1", 5) is None  # still this instance's
+        in_memory = await coordination.locks.try_lock("c:2", 5)  # another consultation: free
+        assert in_memory is not None
+        with pytest.raises(CoordinationUnavailable):
+            await on_redis_lock.renew()  # cut off, not lost: it keeps the consultation
+        assert await coordination.locks.try_lock("c:1", 5) is None
+        redis_server.start()  # empty: Redis knows neither lock
+        await redis.ping()
+        assert await coordination.locks.try_lock("c:2", 5) is None  # held in memory, here
+        assert await coordination.locks.try_lock("c:1", 5) is None
+        await on_redis_lock.release()
+        await in_memory.release()
+        for name in ("c:1", "c:2"):
+            again = await coordination.locks.try_lock(name, 5)
+            assert again is not None
+            await again.release()
+    finally:
+        await redis.close()
+        redis_server.stop()
+
+
 async def test_a_reply_buffered_in_memory_during_an_outage_goes_back_to_redis() -> None:
     redis_server = RedisServer()
     redis = RedisHandle(redis_server.url, prefix=f"test-{uuid.uuid4().hex[:8]}")

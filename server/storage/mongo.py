@@ -53,6 +53,7 @@ from ..errors import StorageUnavailable
 log = logging.getLogger(__name__)
 
 MAX_SEQ_ATTEMPTS = 100
+RETRY_WINDOW = 64  # newest messages of a consultation looked at first for a retried send
 SEQ_INDEX = "tenant_consultation_seq"
 CLIENT_ID_INDEX = "tenant_consultation_client_message"
 
@@ -434,10 +435,26 @@ class MongoStore:
     async def _by_client_id(self, message: Message) -> Message:
         query = {**_key_query(message.key), "clientMessageId": message.client_message_id}
         async with _translated("read message"):
-            doc = await self._messages.find_one(query)
+            doc = await self._retried_among_newest(message)
+            if doc is None:
+                doc = await self._messages.find_one(query)
         if doc is None:  # the index said it exists: only a concurrent delete could do this
             raise StorageUnavailable("The retried message could not be read back")
         return _message(doc)
+
+    async def _retried_among_newest(self, message: Message) -> Document | None:
+        """A retried send is almost always among its consultation's newest messages: one
+        short seq range, matched here. (A query on clientMessageId itself makes the test
+        server scan the whole collection: it does not use the partial index.)"""
+        newest = self._seq_floors.get(message.key)
+        if not newest:
+            return None
+        window = {**_key_query(message.key), "seq": {"$gt": newest - RETRY_WINDOW}}
+        cursor = self._messages.find(window, projection={"clientMessageId": 1})
+        async for doc in cursor:
+            if doc.get("clientMessageId") == message.client_message_id:
+                return await self._messages.find_one({"_id": doc["_id"]})
+        return None
 
     async def _by_id(self, message_id: str) -> Message:
         async with _translated("read message"):

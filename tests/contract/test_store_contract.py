@@ -186,6 +186,23 @@ async def test_a_retried_client_message_id_returns_the_stored_message(store: Sto
     assert [m.content for m in await store.after(KEY, 0, 10)] == ["once"]
 
 
+async def test_a_send_retried_long_after_is_still_found_once(
+    two_handles: tuple[Store, Store],
+) -> None:
+    """Retries are looked for among the newest messages first; one retried after a hundred
+    more (or on another instance) is found all the same."""
+    first, second = two_handles
+    original = await first.append(draft(content="early", client_message_id="cm-early"))
+    for i in range(100):
+        await second.append(draft(content=f"m{i}", client_message_id=f"cm-{i}"))
+    for store in (first, second):
+        retry = await store.append(draft(content="early (retry)", client_message_id="cm-early"))
+        assert retry.created is False and retry.message == original.message
+        recent_retry = await store.append(draft(content="again", client_message_id="cm-98"))
+        assert recent_retry.created is False and recent_retry.message.seq == 100
+    assert len(await first.after(KEY, 0, 200)) == 101
+
+
 async def test_concurrent_retries_store_one_message_and_keep_seqs_gap_free(store: Store) -> None:
     attempts = [draft(content=f"m{i % 5}", client_message_id=f"cm-{i % 5}") for i in range(25)]
     results = await asyncio.gather(*(store.append(a) for a in attempts))

@@ -46,6 +46,10 @@ class ChatNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         connection: EngineConnection = environ["asgi.scope"][SCOPE_KEY]
+        # python-socketio keeps the handshake's environ while the connection lives. Its body
+        # reader was read to the end, and python-engineio defines a class per request for it
+        # (about 2.5 kB an idle connection would carry).
+        environ.pop("wsgi.input", None)
 
         async def close(reason: CloseReason) -> None:
             if reason.ends_session:

@@ -83,6 +83,9 @@ class _SeqFloors:
         if len(self._floors) > self.LIMIT:
             self._floors.popitem(last=False)
 
+    def forget(self, key: ConsultationKey) -> None:
+        self._floors.pop((key.tenant_id, key.consultation_id), None)
+
 
 class MongoStore:
     def __init__(self, url: str, database: str, *, timeout_seconds: float = 5.0) -> None:
@@ -483,18 +486,25 @@ class MongoStore:
 
     async def _last_seq(self, key: ConsultationKey) -> int:
         floor = self._seq_floors.get(key)
+        doc = await self._newest_seq(key, floor)
+        if doc is None and floor:
+            # Messages at or past the floor are gone: removed from the database by hand.
+            self._seq_floors.forget(key)
+            doc = await self._newest_seq(key, 0)
+        if doc is None:
+            return 0  # no message yet
+        seq = int(doc["seq"])
+        self._seq_floors.saw(key, seq)
+        return seq
+
+    async def _newest_seq(self, key: ConsultationKey, floor: int) -> Document | None:
         query = _key_query(key)
         if floor:
             query["seq"] = {"$gte": floor}
         async with _translated("read sequence"):
-            doc = await self._messages.find_one(
+            return await self._messages.find_one(
                 query, projection={"seq": 1}, sort=[("seq", DESCENDING)]
             )
-        if doc is None:
-            return 0  # no message yet (a known floor always finds at least itself)
-        seq = int(doc["seq"])
-        self._seq_floors.saw(key, seq)
-        return seq
 
 
 class _Duplicate(Exception):

@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from pymongo import AsyncMongoClient
 
 from server.domain.models import (
     Article,
@@ -159,6 +160,26 @@ async def test_the_newest_messages_are_found_after_another_instance_wrote_more(
     appended = await first.append(draft(content="a5"))
     assert appended.message.seq == 76
     assert [m.seq for m in await second.recent(KEY, 2)] == [75, 76]
+
+
+async def test_messages_removed_by_hand_do_not_stall_the_next_append(
+    mongo_server: MongoServer,
+) -> None:
+    """MongoDB only: the store's floor of a consultation's last seq is a hint, not a fact. An
+    operator who deletes the newest messages in the database gets appends, not errors."""
+    database = f"test_{uuid.uuid4().hex[:12]}"
+    store = MongoStore(mongo_server.url, database, timeout_seconds=5)
+    await store.start()
+    try:
+        for i in range(5):
+            await store.append(draft(content=f"m{i}"))
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server.url)
+        await client[database]["messages"].delete_many({"seq": {"$gte": 3}})
+        await client.close()
+        assert (await store.append(draft(content="after"))).message.seq == 3
+        assert [m.content for m in await store.recent(KEY, 10)] == ["m0", "m1", "after"]
+    finally:
+        await store.close()
 
 
 async def test_after_returns_messages_past_a_seq_with_a_limit(store: Store) -> None:

@@ -164,7 +164,9 @@ def make_token(
     *,
     tenant: str | None = "t1",
     role: str | None = "user",
-    expires_in: timedelta = timedelta(minutes=10),
+    # Longer than the whole suite: tokens made at collection time (module constants,
+    # parametrize) are used up to its end.
+    expires_in: timedelta = timedelta(hours=2),
     secret: str = JWT_SECRET,
     algorithm: str = "HS256",
     **claims: Any,

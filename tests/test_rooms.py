@@ -365,3 +365,20 @@ async def test_a_joiner_gets_a_message_once_even_when_it_arrives_during_its_hist
     b.sync(ROOM, 1, joiner.id)  # the answer had 1
     await a.to_room(ROOM, message(2))
     await eventually(lambda: joiner.seqs() == [2])
+
+
+async def test_a_resync_that_reads_a_local_senders_message_before_its_broadcast_skips_it() -> None:
+    store = Store()
+    a, _ = await instances(store)
+    sender, neighbour = await member_of(a, "sender"), await member_of(a, "neighbour")
+    store.events[1] = message(1)
+    await a.to_room(ROOM, message(1))
+    own = message(2)
+    a.sending(sender.id, own.message.id)
+    store.events[2] = own  # stored; the broker came back before its broadcast went out
+    await a.resync()
+    await eventually(lambda: neighbour.seqs() == [1, 2])
+    await a.to_room(ROOM, own, skip=sender.id)
+    await a.to_room(ROOM, message(3))
+    await eventually(lambda: neighbour.seqs() == [1, 2, 3])
+    assert sender.seqs() == [1, 3]

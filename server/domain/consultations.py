@@ -178,16 +178,18 @@ class ConsultationService:
         rate = await self._rate_limiter.hit(identity)
         # Operators and admins write as the support side of the dialogue.
         staff = identity.is_staff and identity.user_id != current.owner_id
-        appended = await self._store.append(
-            Message.new(
-                consultation.key,
-                Author.OPERATOR if staff else Author.USER,
-                content,
-                user_id=identity.user_id,
-                author_name=identity.display_name if staff else None,
-                client_message_id=client_message_id,
-            )
+        message = Message.new(
+            consultation.key,
+            Author.OPERATOR if staff else Author.USER,
+            content,
+            user_id=identity.user_id,
+            author_name=identity.display_name if staff else None,
+            client_message_id=client_message_id,
         )
+        if origin is not None:
+            # Once stored, a gap fill may read it before its broadcast below: not to the sender.
+            self._rooms.sending(origin, message.id)
+        appended = await self._store.append(message)
         if appended.created:
             self.stored_total += 1
             self._metrics.message_stored(appended.message.role.value)

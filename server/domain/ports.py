@@ -461,6 +461,12 @@ class Rooms(Protocol):
         receive them, and the joiner is not sent them again."""
         ...
 
+    def sending(self, connection_id: str, message_id: str) -> None:
+        """``connection_id`` is about to store message ``message_id``, then broadcast it with
+        ``skip=connection_id``. A copy read from the store before that broadcast (a gap filled
+        meanwhile) is not delivered to that connection either: it has the message in its ack."""
+        ...
+
     async def to_room(self, room: str, event: ServerEvent, *, skip: str | None = None) -> None:
         """Deliver to every member of ``room`` on every instance, except ``skip``."""
         ...

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 from ..broker import Broker
 from ..domain.events import AiChunk, ErrorEvent, ServerEvent
-from ..domain.models import ConsultationKey
+from ..domain.models import ConsultationKey, Message
 from ..errors import HistoryGap
 from .frames import Frame
 from .ordering import Arrival, RoomOrder
@@ -50,6 +50,7 @@ HEAD_CHECK_SECONDS = 2.0  # a quiet room's stored head is compared with what it 
 ACTIVE_SECONDS = 60.0  # ... this long after its last activity
 HEAD_CHECK_BATCH = 50  # store reads at once
 MAX_HELD = 1000  # messages held behind a gap before the room delivers past it
+MAX_SENDING = 10_000  # senders remembered for messages not yet broadcast (failed sends linger)
 
 
 class Member(Protocol):
@@ -111,6 +112,8 @@ class RoomHub:
         self._memberships: dict[str, set[str]] = {}  # connection id -> rooms
         self._rooms: dict[str, _Room] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # message id -> the local connection storing it, until its broadcast (``sending``)
+        self._senders: dict[str, str] = {}
         self.gaps_filled = 0  # messages read from the store because they never arrived
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -213,7 +216,20 @@ class RoomHub:
 
     # -- delivery -------------------------------------------------------------------------------
 
+    def sending(self, connection_id: str, message_id: str) -> None:
+        """A message a local connection is storing: if a gap fill reads it from the store
+        before its broadcast (``to_room(..., skip=connection_id)``) reaches the room, the fill
+        skips that connection too. A send that fails (or was a retry, answered with the
+        original) never broadcasts: its entry is forgotten in turn, oldest first."""
+        self._senders[message_id] = connection_id
+        while len(self._senders) > MAX_SENDING:
+            del self._senders[next(iter(self._senders))]
+
     async def to_room(self, room: str, event: ServerEvent, *, skip: str | None = None) -> None:
+        if self._senders:
+            message_id = _message_id_of(event)
+            if message_id is not None:
+                self._senders.pop(message_id, None)
         frame = Frame.of(event)
         seq = _seq_of(event)
         chunk = _chunk_of(event)
@@ -291,7 +307,7 @@ class RoomHub:
                 attempt += 1
         if state.waiting.get(connection_id) is not waited:
             return  # it left meanwhile
-        fill = [Arrival(_Delivery(Frame.of(event), None), _seq_of(event)) for event in stored]
+        fill = self._read_arrivals(stored)
         self.gaps_filled += len(fill)
         self._hand_over(state, connection_id, _merged(waited, fill), head_seq)
 
@@ -499,11 +515,21 @@ class RoomHub:
         except Exception as exc:
             log.warning("could not read %s's missed messages: %s", room, exc)
             return None
-        arrivals = [Arrival(_Delivery(Frame.of(event), None), _seq_of(event)) for event in stored]
+        arrivals = self._read_arrivals(stored)
         delivered, from_store = state.order.fill(arrivals)
         self.gaps_filled += from_store
         self._deliver(state, delivered)
         return not state.order.gap
+
+    def _read_arrivals(self, stored: list[ServerEvent]) -> list[Arrival[_Delivery]]:
+        """Messages read from the store, each skipping its sender while that sender's own
+        broadcast of it is still on the way (it has the message in its ack)."""
+        arrivals = []
+        for event in stored:
+            message_id = _message_id_of(event)
+            skip = self._senders.get(message_id) if message_id is not None else None
+            arrivals.append(Arrival(_Delivery(Frame.of(event), skip), _seq_of(event)))
+        return arrivals
 
     async def resync(self) -> None:
         """After a broker outage (whatever was published meanwhile never arrived): every room
@@ -571,6 +597,11 @@ def _chunk_of(event: ServerEvent) -> tuple[str, int] | None:
     if isinstance(event, AiChunk):
         return (event.message_id, event.index)
     return None
+
+
+def _message_id_of(event: ServerEvent) -> str | None:
+    message = getattr(event, "message", None)
+    return message.id if isinstance(message, Message) else None
 
 
 def _seq_of(event: ServerEvent) -> int | None:

@@ -120,3 +120,29 @@ async def test_sync_counts_from_the_joiners_history_and_fills_what_the_room_lack
     store.events[3], store.events[4] = message(3), message(4)  # stored, never published
     b.sync(ROOM, 4)  # a later read says the store is ahead: the room fills from history
     await eventually(lambda: joiner.seqs() == [2, 3, 4])
+
+
+async def test_a_message_filled_from_the_store_before_its_broadcast_skips_its_sender(
+    hubs: tuple[RoomHub, RoomHub, Store],
+) -> None:
+    """The sender has its message in its ack: a gap fill that reads it from the store before
+    the sender's own broadcast reaches the room does not send it live to the sender either."""
+    a, b, store = hubs
+    rooms: Rooms = a
+    sender, near, far = member(a, "sender"), member(a, "near"), member(b, "far")
+    for recorder, hub in ((sender, a), (near, a), (far, b)):
+        await hub.join(recorder.id, ROOM)
+    store.events[1] = message(1)
+    await b.to_room(ROOM, message(1))
+    await eventually(lambda: sender.seqs() == [1] and near.seqs() == [1] and far.seqs() == [1])
+    own = message(2)
+    rooms.sending(sender.id, own.message.id)
+    store.events[2] = own  # stored; its broadcast is late (the instance was busy, paused)
+    store.events[3] = message(3)
+    await b.to_room(ROOM, store.events[3])  # ahead of 2: a's room fills 2 from the store
+    await eventually(lambda: near.seqs() == [1, 2, 3] and far.seqs() == [1, 2, 3])
+    await a.to_room(ROOM, own, skip=sender.id)  # the broadcast, at last: a duplicate here
+    store.events[4] = message(4)
+    await b.to_room(ROOM, store.events[4])
+    await eventually(lambda: near.seqs() == [1, 2, 3, 4] and far.seqs() == [1, 2, 3, 4])
+    assert sender.seqs() == [1, 3, 4]

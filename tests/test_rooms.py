@@ -382,3 +382,28 @@ async def test_a_resync_that_reads_a_local_senders_message_before_its_broadcast_
     await a.to_room(ROOM, message(3))
     await eventually(lambda: neighbour.seqs() == [1, 2, 3])
     assert sender.seqs() == [1, 3]
+
+
+async def test_a_joiner_whose_older_read_is_completed_from_the_store_then_gets_messages_live() -> (
+    None
+):
+    """Two joins read history at different moments; the room counts from the newer read,
+    and the older joiner's missing messages are read from the store for it. Its hold ends
+    there: what comes next reaches it live at once, like everyone else (not seconds later,
+    when a forgotten hold would time out and hand out its messages a second time)."""
+    store = Store()
+    a, b = await instances(store, hold=5)
+    first, older = Recorder("first@b"), Recorder("older@b")
+    for recorder in (first, older):
+        b.attach(recorder)
+        await b.join(recorder.id, ROOM, ordered=True)
+    for seq in (1, 2, 3):
+        store.events[seq] = message(seq)
+    b.sync(ROOM, 3, first.id)  # its read saw 1-3 (their broadcasts are still on the way)
+    b.sync(ROOM, 1, older.id)  # an older read: 2 and 3 come from the store
+    await eventually(lambda: older.seqs() == [2, 3])
+    for seq in (4, 5):
+        store.events[seq] = message(seq)
+        await a.to_room(ROOM, store.events[seq])
+    await eventually(lambda: first.seqs() == [4, 5])
+    assert older.seqs() == [2, 3, 4, 5]  # delivered in the same pass as to the first joiner

@@ -309,7 +309,7 @@ class RoomHub:
             return  # it left meanwhile
         fill = self._read_arrivals(stored)
         self.gaps_filled += len(fill)
-        self._hand_over(state, connection_id, _merged(waited, fill), head_seq)
+        self._hand_over(state, connection_id, waited, head_seq, stored=fill)
 
     def _release_stuck(
         self, room: str, state: _Room, connection_id: str, waited: list[Arrival[_Delivery]]
@@ -330,15 +330,19 @@ class RoomHub:
         connection_id: str,
         waited: list[Arrival[_Delivery]],
         head_seq: int | None,
+        *,
+        stored: list[Arrival[_Delivery]] | None = None,
     ) -> None:
-        """Deliver what waited for a joiner, each seq once and after ``head_seq``."""
+        """End a joiner's hold (``waited``): deliver what it holds, with the messages read
+        from the store for it put in order among them, each seq once and after ``head_seq``
+        (or, without one, after what the joiner was already given)."""
         if state.waiting.get(connection_id) is waited:
             del state.waiting[connection_id]
         member = state.members.get(connection_id)
         if member is None:
             return
-        sent = head_seq if head_seq is not None else 0
-        for arrival in waited:
+        sent = head_seq if head_seq is not None else state.floors.get(connection_id, 0)
+        for arrival in _merged(waited, stored) if stored else waited:
             if arrival.seq is not None:
                 if arrival.seq <= sent:
                     continue  # in the join's answer, or already handed over

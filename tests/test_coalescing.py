@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -270,4 +270,58 @@ async def test_an_orphaned_reply_is_retried_when_the_store_was_away_at_the_first
     [stored] = [m for m in await store.recent(key, 10) if m.role is Author.ASSISTANT]
     assert (stored.id, stored.content) == ("orphan", "Echo so far and the rest.")
     # The reaper's failed try was not reported to the room as an error.
+    assert "error" not in [event for _, event, _ in rooms.events]
+
+
+class StoreAwayAfterTheClaim(MemoryStore):
+    """MongoDB goes away right after a reaper claimed an orphaned reply (its read of the
+    dialogue fails twice), and Redis restarts empty meanwhile: the claimed buffer is gone."""
+
+    def __init__(self, wipe: Callable[[], Awaitable[None]]) -> None:
+        super().__init__()
+        self.reads = 0
+        self.failures = 2
+        self._wipe = wipe
+
+    async def after(self, key: ConsultationKey, after_seq: int, limit: int) -> list[Message]:
+        self.reads += 1
+        if self.reads > 1 and self.failures:  # the first read is the reaper's, before its claim
+            self.failures -= 1
+            await self._wipe()
+            raise StorageUnavailable()
+        return await super().after(key, after_seq, limit)
+
+
+async def test_a_claimed_orphan_waits_for_the_store_instead_of_leaving_its_text_to_the_buffer() -> (
+    None
+):
+    # The taker holds the only sure copy of what the room saw once it claimed the buffer:
+    # a store away for a moment is waited for, and the reply is continued and stored.
+    key = ConsultationKey("tenant", "orphan-store-away-after-claim")
+    coordination, rooms = in_memory(), RecordingRooms()
+
+    async def redis_restarts_empty() -> None:
+        await coordination.buffer.clear(key.room, "orphan")
+
+    store = StoreAwayAfterTheClaim(redis_restarts_empty)
+    question = await MemoryStore.append(store, Message.new(key, Author.USER, "hello"))
+    started = ReplyDraft("orphan", owner="dead", request_seq=question.message.seq)
+    await coordination.buffer.start(key.room, started, 60)
+    await coordination.buffer.append(key.room, "orphan", "dead", "Shown so far ", 60)
+    await coordination.inflight.touch(key.room, 0)
+    service = service_on(
+        store,
+        ScriptedAssistant([(0.0, "and the rest.")]),
+        rooms,
+        coordination,
+        lock_ttl_seconds=0.6,
+    )
+    service.start()
+    try:
+        await asyncio.wait_for(rooms.done.wait(), timeout=10)
+    finally:
+        await service.stop_reaper()
+    assert store.failures == 0
+    [stored] = [m for m in await store.recent(key, 10) if m.role is Author.ASSISTANT]
+    assert (stored.id, stored.content) == ("orphan", "Shown so far and the rest.")
     assert "error" not in [event for _, event, _ in rooms.events]

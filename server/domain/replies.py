@@ -531,16 +531,18 @@ class ReplyService:
         await self._resend(draft)
         lost = False
         try:
-            history = await self._store.after(
-                key,
-                max(0, partial.request_seq - self._settings.context_messages),
-                self._settings.context_messages,
-            )
-            answered = [m for m in history if m.seq <= partial.request_seq]
+            # Claimed: this instance holds the only sure copy of what the room saw (the
+            # buffer may vanish with Redis). A store that is away for a moment is waited for,
+            # and one that stays away still gets what was shown, as incomplete.
+            try:
+                answered, context = await self._patiently(
+                    lambda: self._orphan_context(key, partial.request_seq), lock
+                )
+            except AppError as exc:
+                await self._finish(draft, stopped=False, failure=exc, lock=lock)
+                return
             # The same question against the same knowledge base gives the same passages: the
             # continuation is grounded as the start was, and the stored reply names them.
-            consultation = await self._consultations.get(key)
-            context = consultation.context if consultation is not None else None
             draft.passages = await self._passages(key, answered, context)
             if not self._settings.resume:
                 await self._finish(draft, stopped=False, failure=ReplyInterrupted(), lock=lock)
@@ -562,6 +564,19 @@ class ReplyService:
             if not lost:
                 done = AiThinking(consultation_id=key.consultation_id, status="done")
                 await self._safe_emit(key, done)
+
+    async def _orphan_context(
+        self, key: ConsultationKey, request_seq: int
+    ) -> tuple[list[Message], PageContext | None]:
+        """The dialogue up to the question an orphaned reply answers, and the page context."""
+        history = await self._store.after(
+            key,
+            max(0, request_seq - self._settings.context_messages),
+            self._settings.context_messages,
+        )
+        consultation = await self._consultations.get(key)
+        context = consultation.context if consultation is not None else None
+        return [m for m in history if m.seq <= request_seq], context
 
     # -- streaming ------------------------------------------------------------------------------
 

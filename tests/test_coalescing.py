@@ -229,99 +229,82 @@ async def test_a_reply_taken_over_is_grounded_and_named_as_its_start_was() -> No
     assert stored.sources == [Source(id="bled", title="Lake Bled tour", cited=True)]
 
 
-class StoreAwayOnce(MemoryStore):
-    """The in-memory store, unreachable for its first read of messages after a seq (as
-    MongoDB restarting under a reaper that found an orphaned reply)."""
+class StoreAway(MemoryStore):
+    """The in-memory store, unreachable for ``failures`` reads of messages after a seq, from
+    its read number ``first_failing`` on (as MongoDB restarting under a reaper that found an
+    orphaned reply); ``on_failure`` runs at each (what else went away at that moment)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        failures: int,
+        first_failing: int = 1,
+        on_failure: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         super().__init__()
-        self.failures = 1
+        self.failures = failures
+        self.reads = 0
+        self._first_failing = first_failing
+        self._on_failure = on_failure
 
     async def after(self, key: ConsultationKey, after_seq: int, limit: int) -> list[Message]:
-        if self.failures:
+        self.reads += 1
+        if self.reads >= self._first_failing and self.failures:
             self.failures -= 1
+            if self._on_failure is not None:
+                await self._on_failure()
             raise StorageUnavailable()
         return await super().after(key, after_seq, limit)
+
+
+async def continue_orphan(
+    store: MemoryStore, coordination: Any, key: ConsultationKey, shown: str
+) -> tuple[Message, RecordingRooms]:
+    """A dead instance streamed ``shown`` of its reply to a question; a reaper continues it
+    with "and the rest.". Returns the stored reply and what the room received."""
+    rooms = RecordingRooms()
+    question = await MemoryStore.append(store, Message.new(key, Author.USER, "hello"))
+    started = ReplyDraft("orphan", owner="dead", request_seq=question.message.seq)
+    await coordination.buffer.start(key.room, started, 60)
+    await coordination.buffer.append(key.room, "orphan", "dead", shown, 60)
+    await coordination.inflight.touch(key.room, 0)
+    assistant = ScriptedAssistant([(0.0, "and the rest.")])
+    service = service_on(store, assistant, rooms, coordination, lock_ttl_seconds=0.6)
+    service.start()
+    try:
+        await asyncio.wait_for(rooms.done.wait(), timeout=10)
+    finally:
+        await service.stop_reaper()
+    [stored] = [m for m in await MemoryStore.recent(store, key, 10) if m.role is Author.ASSISTANT]
+    return stored, rooms
 
 
 async def test_an_orphaned_reply_is_retried_when_the_store_was_away_at_the_first_try() -> None:
     # The reaper finds a dead instance's reply but cannot read the store: the in-flight entry
     # stays, so the next round continues the reply instead of letting its text expire.
     key = ConsultationKey("tenant", "orphan-store-away")
-    store, coordination, rooms = StoreAwayOnce(), in_memory(), RecordingRooms()
-    question = await MemoryStore.append(store, Message.new(key, Author.USER, "hello"))
-    started = ReplyDraft("orphan", owner="dead", request_seq=question.message.seq)
-    await coordination.buffer.start(key.room, started, 60)
-    await coordination.buffer.append(key.room, "orphan", "dead", "Echo so far ", 60)
-    await coordination.inflight.touch(key.room, 0)
-    service = service_on(
-        store,
-        ScriptedAssistant([(0.0, "and the rest.")]),
-        rooms,
-        coordination,
-        lock_ttl_seconds=0.6,
-    )
-    service.start()
-    try:
-        await asyncio.wait_for(rooms.done.wait(), timeout=10)
-    finally:
-        await service.stop_reaper()
+    store = StoreAway(failures=1)
+    stored, rooms = await continue_orphan(store, in_memory(), key, "Echo so far ")
     assert store.failures == 0
-    [stored] = [m for m in await store.recent(key, 10) if m.role is Author.ASSISTANT]
     assert (stored.id, stored.content) == ("orphan", "Echo so far and the rest.")
     # The reaper's failed try was not reported to the room as an error.
     assert "error" not in [event for _, event, _ in rooms.events]
-
-
-class StoreAwayAfterTheClaim(MemoryStore):
-    """MongoDB goes away right after a reaper claimed an orphaned reply (its read of the
-    dialogue fails twice), and Redis restarts empty meanwhile: the claimed buffer is gone."""
-
-    def __init__(self, wipe: Callable[[], Awaitable[None]]) -> None:
-        super().__init__()
-        self.reads = 0
-        self.failures = 2
-        self._wipe = wipe
-
-    async def after(self, key: ConsultationKey, after_seq: int, limit: int) -> list[Message]:
-        self.reads += 1
-        if self.reads > 1 and self.failures:  # the first read is the reaper's, before its claim
-            self.failures -= 1
-            await self._wipe()
-            raise StorageUnavailable()
-        return await super().after(key, after_seq, limit)
 
 
 async def test_a_claimed_orphan_waits_for_the_store_instead_of_leaving_its_text_to_the_buffer() -> (
     None
 ):
     # The taker holds the only sure copy of what the room saw once it claimed the buffer:
-    # a store away for a moment is waited for, and the reply is continued and stored.
+    # a store away for a moment is waited for, and the reply is continued and stored. Here
+    # MongoDB goes away right after the claim (the reaper's first read came before it), and
+    # Redis restarts empty meanwhile: the claimed buffer is gone.
     key = ConsultationKey("tenant", "orphan-store-away-after-claim")
-    coordination, rooms = in_memory(), RecordingRooms()
+    coordination = in_memory()
 
     async def redis_restarts_empty() -> None:
         await coordination.buffer.clear(key.room, "orphan")
 
-    store = StoreAwayAfterTheClaim(redis_restarts_empty)
-    question = await MemoryStore.append(store, Message.new(key, Author.USER, "hello"))
-    started = ReplyDraft("orphan", owner="dead", request_seq=question.message.seq)
-    await coordination.buffer.start(key.room, started, 60)
-    await coordination.buffer.append(key.room, "orphan", "dead", "Shown so far ", 60)
-    await coordination.inflight.touch(key.room, 0)
-    service = service_on(
-        store,
-        ScriptedAssistant([(0.0, "and the rest.")]),
-        rooms,
-        coordination,
-        lock_ttl_seconds=0.6,
-    )
-    service.start()
-    try:
-        await asyncio.wait_for(rooms.done.wait(), timeout=10)
-    finally:
-        await service.stop_reaper()
+    store = StoreAway(failures=2, first_failing=2, on_failure=redis_restarts_empty)
+    stored, rooms = await continue_orphan(store, coordination, key, "Shown so far ")
     assert store.failures == 0
-    [stored] = [m for m in await store.recent(key, 10) if m.role is Author.ASSISTANT]
     assert (stored.id, stored.content) == ("orphan", "Shown so far and the rest.")
     assert "error" not in [event for _, event, _ in rooms.events]

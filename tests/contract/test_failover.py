@@ -14,7 +14,7 @@ import pytest
 from server.coordination import Coordination, on_redis
 from server.coordination.buffer import RedisReplyBuffer
 from server.coordination.redis_support import RedisHandle
-from server.domain.ports import BufferWrite, ReplyDraft
+from server.domain.ports import BufferWrite, Lock, ReplyDraft
 from server.errors import CoordinationUnavailable
 from tests.servers import RedisServer
 
@@ -26,6 +26,15 @@ class Outage:
     server: RedisServer
     redis: RedisHandle
     coordination: Coordination
+
+    async def lock_then_cut(self, name: str) -> Lock:
+        """Start Redis, take ``name``'s lock on it, then stop Redis under the holder."""
+        self.server.start()
+        await self.redis.start()
+        lock = await self.coordination.locks.try_lock(name, 5)
+        assert lock is not None
+        self.server.stop()
+        return lock
 
 
 @pytest.fixture
@@ -61,11 +70,7 @@ async def test_a_lock_cut_off_from_redis_is_not_lost_and_is_taken_back_when_redi
     outage: Outage,
 ) -> None:
     redis_server, redis, coordination = outage.server, outage.redis, outage.coordination
-    redis_server.start()
-    await redis.start()
-    lock = await coordination.locks.try_lock("c:1", 5)
-    assert lock is not None
-    redis_server.stop()
+    lock = await outage.lock_then_cut("c:1")
     # Unreachable is not "someone else holds it": the caller must be able to tell.
     with pytest.raises(CoordinationUnavailable):
         await lock.renew()
@@ -89,11 +94,7 @@ async def test_a_consultation_this_instance_replies_in_stays_locked_whichever_ba
     a second reply start beside the one streaming (seen in a chaos run: two replies of one
     consultation on one instance, one buffer, one reply lost)."""
     redis_server, redis, coordination = outage.server, outage.redis, outage.coordination
-    redis_server.start()
-    await redis.start()
-    on_redis_lock = await coordination.locks.try_lock("c:1", 5)
-    assert on_redis_lock is not None
-    redis_server.stop()
+    on_redis_lock = await outage.lock_then_cut("c:1")
     assert await coordination.locks.try_lock("c:1", 5) is None  # still this instance's
     in_memory = await coordination.locks.try_lock("c:2", 5)  # another consultation: free
     assert in_memory is not None

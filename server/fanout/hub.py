@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..broker import Broker
-from ..domain.events import AiChunk, ErrorEvent, ServerEvent
-from ..domain.models import ConsultationKey, Message
+from ..domain.events import AiChunk, ErrorEvent, MessageEvent, ServerEvent
+from ..domain.models import ConsultationKey
 from ..errors import HistoryGap
 from .frames import Frame
 from .ordering import Arrival, RoomOrder
@@ -604,8 +604,7 @@ def _chunk_of(event: ServerEvent) -> tuple[str, int] | None:
 
 
 def _message_id_of(event: ServerEvent) -> str | None:
-    message = getattr(event, "message", None)
-    return message.id if isinstance(message, Message) else None
+    return event.message.id if isinstance(event, MessageEvent) else None
 
 
 def _seq_of(event: ServerEvent) -> int | None:
